@@ -1,0 +1,201 @@
+"""Frozen, typed run configuration.
+
+Only the entry points read flags (``tfssl/flags.py``); they build a
+:class:`RunConfig` that everything below receives explicitly.  Every field carries
+its help text and a validity check in ``metadata``, so the flag definitions, the
+checks and the JSON written to the run directory all come from this one place.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from tfssl.errors import UserError
+
+# ---------------------------------------------------------------------------
+# Field helpers: a default, a help text and a check, in one place.
+
+
+def positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def non_negative(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def probability(v):
+    return None if 0.0 <= v <= 1.0 else "must be in [0, 1]"
+
+
+def unit_open(v):
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
+
+
+def one_of(*choices):
+    def check(v):
+        return None if v in choices else f"must be one of {', '.join(map(str, choices))}"
+
+    check.choices = choices
+    return check
+
+
+def option(default, help, check=None):
+    """A dataclass field with its flag help text and validity check."""
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "check": check})
+
+
+def validate(obj, prefix=""):
+    """Runs every field's check; raises :class:`UserError` naming the flag."""
+    for f in dataclasses.fields(obj):
+        check = f.metadata.get("check")
+        value = getattr(obj, f.name)
+        if check is None or value is None:
+            continue
+        problem = check(value)
+        if problem:
+            raise UserError(f"--{prefix}{f.name}={value} {problem}.")
+
+
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = option("fashion_mnist", "Dataset name (see README: Data).")
+    data_dir: str | None = option(
+        None, "Directory of the dataset files (Debian IDX files, tfds data_dir or "
+        "image folder root).")
+    pretrain_split: str = option("train", "Split used for pretraining.")
+    eval_split: str = option("test", "Split used as kNN queries.")
+    image_size: int = option(28, "Side of the (global) training views in pixels.",
+                             positive)
+    multi_crop_local: int = option(
+        0, "Number of extra small (local) crops for methods that use multi-crop.",
+        non_negative)
+    local_size: int = option(12, "Side of the local crops in pixels.", positive)
+    num_parallel_calls: int = option(
+        -1, "Parallel map calls in tf.data (-1 = AUTOTUNE).")
+    dataset_cache: bool = option(
+        True, "Keep decoded images in memory when the split fits.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = option("resnet18", "Backbone architecture.",
+                           one_of("resnet18", "resnet34", "resnet50"))
+    stem: str = option("cifar", "ResNet stem: cifar (3x3/1, no max-pool) or "
+                       "imagenet (7x7/2 + max-pool).", one_of("cifar", "imagenet"))
+    width: float = option(1.0, "Width multiplier of the backbone channels.",
+                          positive)
+    sync_bn: bool = option(True, "Synchronise BatchNorm statistics across "
+                           "replicas (a no-op on one device).")
+    proj_hidden_dim: int = option(512, "Projector hidden width.", positive)
+    proj_dim: int = option(128, "Projector output dimension.", positive)
+    proj_layers: int = option(2, "Projector depth (Dense layers).", positive)
+    pred_hidden_dim: int = option(512, "Predictor hidden width.", positive)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = option("sgd", "Optimizer.", one_of("sgd", "lars", "adamw"))
+    base_learning_rate: float = option(
+        0.06, "Learning rate for a global batch of 256; the effective rate is "
+        "base * global_batch_size / 256 (logged).", positive)
+    weight_decay: float = option(5e-4, "Weight decay (not applied to BN and "
+                                 "biases).", non_negative)
+    sgd_momentum: float = option(0.9, "SGD / LARS momentum.", unit_open)
+    lars_eta: float = option(0.001, "LARS trust coefficient.", positive)
+    warmup_epochs: float = option(10.0, "Linear learning-rate warm-up epochs.",
+                                  non_negative)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    method: str = option("ressl", "Self-supervised method.")
+    global_batch_size: int = option(256, "Batch size summed over replicas.",
+                                    positive)
+    epochs: int = option(200, "Training epochs.", positive)
+    steps_per_epoch: int = option(
+        0, "Cap on steps per epoch for short runs (0 = a full pass).",
+        non_negative)
+    seed: int = option(0, "Seed of initialisation, data order and augmentation.")
+    strategy: str = option("default", "Distribution strategy.",
+                           one_of("default", "mirrored", "multi_worker", "tpu"))
+    tpu: str = option("", "TPU name or address for --strategy=tpu.")
+    momentum: float = option(0.99, "Base momentum m0 of the EMA target network.",
+                             probability)
+    momentum_schedule: str = option(
+        "constant", "EMA momentum schedule: constant, or cosine from m0 to 1.",
+        one_of("constant", "cosine"))
+    ema_bn: bool = option(False, "Also average BN moving statistics (EMAN).")
+    queue_size: int = option(4096, "Queue length K (a multiple of the global "
+                             "batch).", positive)
+    jit_compile: bool = option(False, "Compile the training step with XLA.")
+    knn_every_epochs: int = option(0, "Run the kNN monitor every N epochs (0 = "
+                                   "only at the end).", non_negative)
+    knn_k: int = option(200, "kNN neighbours.", positive)
+    knn_temperature: float = option(0.1, "kNN vote temperature.", positive)
+    knn_train_examples: int = option(
+        0, "Use only the first N training examples as the kNN bank (0 = all).",
+        non_negative)
+    checkpoint_every_steps: int = option(500, "Checkpoint interval in steps.",
+                                         positive)
+    keep_checkpoints: int = option(3, "Checkpoints kept.", positive)
+    log_every_steps: int = option(50, "TensorBoard scalar interval in steps.",
+                                  positive)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs.  ``method_params`` is the method's own dataclass."""
+    model_dir: str
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig
+    train: TrainConfig
+    method_params: Any
+
+    # Derived quantities, computed in one place.
+    def total_steps(self, steps_per_epoch):
+        return self.train.epochs * steps_per_epoch
+
+    def learning_rate(self):
+        """Effective peak learning rate: ``base · B / 256`` (linear scaling)."""
+        return self.optim.base_learning_rate * self.train.global_batch_size / 256.0
+
+    def warmup_steps(self, steps_per_epoch):
+        return int(math.floor(self.optim.warmup_epochs * steps_per_epoch))
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["method_params"] = dataclasses.asdict(self.method_params)
+        return d
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d, params_cls):
+        def build(klass, values):
+            names = {f.name for f in dataclasses.fields(klass)}
+            return klass(**{k: _tuples(v) for k, v in values.items() if k in names})
+
+        return cls(model_dir=d["model_dir"], data=build(DataConfig, d["data"]),
+                   model=build(ModelConfig, d["model"]),
+                   optim=build(OptimConfig, d["optim"]),
+                   train=build(TrainConfig, d["train"]),
+                   method_params=build(params_cls, d["method_params"]))
+
+
+def _tuples(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def validate_run(config, params_prefix):
+    """Checks every part of ``config``; raises :class:`UserError`."""
+    for part in (config.data, config.model, config.optim, config.train):
+        validate(part)
+    validate(config.method_params, params_prefix)

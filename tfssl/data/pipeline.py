@@ -1,0 +1,121 @@
+"""tf.data pipelines for pretraining and evaluation.
+
+Pretraining streams are a pure function of ``(seed, start_step)``:
+
+* in-memory sources: epoch ``e`` visits the examples in the order
+  ``stateless_shuffle(range(N), seed=(seed, e))``; the stream is continuous across
+  epochs, so training step ``s`` consumes stream positions
+  ``[s·B, (s+1)·B)`` and a resumed run rebuilds exactly the remaining stream;
+* streaming sources (ImageNet-size): a seeded shuffle buffer and ``skip`` to the
+  start position (exact as long as the file order is, slower to resume).
+
+The example at stream position ``p`` is augmented with seed ``fold_in(seed, p)``
+(views: ``fold_in`` of that by view index), independent of batching, parallelism
+and replica count.
+"""
+
+import tensorflow as tf
+
+from tfssl.data import augment
+from tfssl.data import views as views_lib
+
+AUTOTUNE = tf.data.AUTOTUNE
+_SHUFFLE_BUFFER = 10_000
+
+
+def steps_per_epoch(source, global_batch_size, cap=0):
+    """Whole batches per pass over ``source`` (at most ``cap`` when ``cap > 0``)."""
+    steps = source.num_examples // global_batch_size
+    return min(steps, cap) if cap else steps
+
+
+def _example_seed(seed, position):
+    base = tf.constant([seed, 0x5EED], dtype=tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, position)
+
+
+def _index_stream(num_examples, seed, start_position):
+    """(position, example index) pairs from ``start_position`` on, forever."""
+    n = num_examples
+    first_epoch = start_position // n
+
+    def epoch_indices(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_indices)
+    stream = stream.skip(start_position - first_epoch * n)
+    positions = tf.data.Dataset.range(start_position, 2**62)
+    return tf.data.Dataset.zip(positions, stream)
+
+
+def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
+                     num_parallel_calls=AUTOTUNE, deterministic=True):
+    """Batches of views for pretraining.
+
+    Args:
+      source: a :class:`tfssl.data.sources.Source`.
+      specs: tuple of :class:`views.ViewSpec`, one per view.
+      global_batch_size: examples per step over all replicas.
+      seed: run seed.
+      start_step: first training step this stream feeds (resume).
+
+    Returns:
+      An infinite ``tf.data.Dataset`` of tuples ``(view_0, ..., view_{V-1})``,
+      each ``float32 [B, size_v, size_v, 3]``.
+    """
+    start = int(start_step) * int(global_batch_size)
+    parallel = AUTOTUNE if num_parallel_calls in (None, -1) else num_parallel_calls
+    specs = tuple(specs)
+
+    def make(position, image):
+        return views_lib.make_views(image, specs, _example_seed(seed, position))
+
+    if source.in_memory:
+        images = tf.constant(source.images)
+        ds = _index_stream(source.num_examples, seed, start)
+        ds = ds.map(lambda p, i: make(p, tf.gather(images, i)),
+                    num_parallel_calls=parallel, deterministic=deterministic)
+    else:
+        ds = source.as_dataset().map(lambda ex: ex["image"])
+        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.repeat().enumerate().skip(start)
+        ds = ds.map(make,
+                    num_parallel_calls=parallel, deterministic=deterministic)
+    return ds.batch(global_batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_transform(image, image_size):
+    """Deterministic evaluation view: RGB float, resize shorter side, centre crop.
+
+    ``uint8 [H, W, C]`` -> ``float32 [image_size, image_size, 3]`` in [0, 1].
+    Images already at ``image_size`` pass through unchanged.
+    """
+    x = augment.to_float_rgb(image)
+    shape = tf.shape(x)
+    h, w = shape[0], shape[1]
+    scale = tf.cast(image_size, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
+    new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32)
+    new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)
+    x = tf.cond(tf.logical_and(tf.equal(h, image_size), tf.equal(w, image_size)),
+                lambda: x,
+                lambda: tf.image.resize(x, (new_h, new_w), antialias=True))
+    x = tf.image.resize_with_crop_or_pad(x, image_size, image_size)
+    return tf.clip_by_value(tf.ensure_shape(x, (image_size, image_size, 3)), 0., 1.)
+
+
+def eval_dataset(source, image_size, batch_size, limit=0):
+    """``(images float32 [B, S, S, 3], labels int64 [B])`` batches, in order."""
+    if source.in_memory:
+        images, labels = source.images, source.labels
+        if limit:
+            images, labels = images[:limit], labels[:limit]
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    else:
+        ds = source.as_dataset().map(lambda ex: (ex["image"], ex["label"]))
+        if limit:
+            ds = ds.take(limit)
+    ds = ds.map(lambda x, y: (eval_transform(x, image_size), tf.cast(y, tf.int64)),
+                num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

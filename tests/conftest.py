@@ -12,3 +12,20 @@ try:
         _cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:  # already initialised by an earlier import
     pass
+
+import pytest  # noqa: E402
+
+_MIRRORED = []
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """One MirroredStrategy over the two logical CPUs for the whole session.
+
+    A second MirroredStrategy in the same process reuses collective instance keys
+    with other shapes ("Shape mismatch in the collective instance"), so every test
+    shares this one.
+    """
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]))
+    return _MIRRORED[0]

@@ -40,8 +40,8 @@ def test_read_is_a_snapshot_before_enqueue():
     np.testing.assert_array_equal(bank.read().numpy()[:2], np.ones((2, 2)))
 
 
-def test_two_replicas_gather_keys_like_one_device():
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+def test_two_replicas_gather_keys_like_one_device(mirrored):
+    strategy = mirrored
     with strategy.scope():
         bank = MemoryBank(8, 2)
     single = MemoryBank(8, 2)

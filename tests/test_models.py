@@ -171,7 +171,7 @@ def test_conv_init_is_kaiming_normal_fan_out():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"name": "resnet101"}, "resnet18, resnet34, resnet50"),
+    ({"name": "resnet101"}, "resnet10, resnet18, resnet34, resnet50"),
     ({"stem": "vit"}, "cifar, imagenet"),
     ({"width": 0}, "width"),
     ({"width": -0.5}, "width"),

@@ -85,7 +85,7 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     backbone: str = option("resnet18", "Backbone architecture.",
-                           one_of("resnet18", "resnet34", "resnet50"))
+                           one_of("resnet10", "resnet18", "resnet34", "resnet50"))
     stem: str = option("cifar", "ResNet stem: cifar (3x3/1, no max-pool) or "
                        "imagenet (7x7/2 + max-pool).", one_of("cifar", "imagenet"))
     width: float = option(1.0, "Width multiplier of the backbone channels.",
@@ -140,6 +140,9 @@ class TrainConfig:
     knn_temperature: float = option(0.1, "kNN vote temperature.", positive)
     knn_train_examples: int = option(
         0, "Use only the first N training examples as the kNN bank (0 = all).",
+        non_negative)
+    knn_eval_examples: int = option(
+        0, "Use only the first N evaluation examples as kNN queries (0 = all).",
         non_negative)
     checkpoint_every_steps: int = option(500, "Checkpoint interval in steps.",
                                          positive)
@@ -199,3 +202,7 @@ def validate_run(config, params_prefix):
     for part in (config.data, config.model, config.optim, config.train):
         validate(part)
     validate(config.method_params, params_prefix)
+    problems = getattr(config.method_params, "problems", None)
+    message = problems() if problems else None
+    if message:
+        raise UserError(message)

@@ -85,12 +85,14 @@ def build_model(config, strategy, steps_per_epoch, mean, std):
 
 
 def make_train_function(model, strategy, jit_compile=False):
-    """``fn(iterator) -> logs``: one distributed step, logs averaged over replicas."""
+    """``fn(iterator) -> logs``: one distributed step, logs averaged over replicas.
 
-    def replica_step(batch):
-        return model.train_step(batch)
+    The iterator is read outside the (optionally XLA-compiled) replica step:
+    ``IteratorGetNext`` has no XLA kernel.
+    """
+    replica_step = tf.function(model.train_step, jit_compile=jit_compile or None)
 
-    @tf.function(jit_compile=jit_compile or None)
+    @tf.function
     def train_function(iterator):
         logs = strategy.run(replica_step, args=(next(iterator),))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
@@ -126,7 +128,7 @@ def knn_eval(backbone, config, train_source, test_source):
     """Weighted kNN top-1/top-5 of ``backbone`` (train split as bank)."""
     size, t = config.data.image_size, config.train
     bank = pipeline.eval_dataset(train_source, size, 512, limit=t.knn_train_examples)
-    queries = pipeline.eval_dataset(test_source, size, 512)
+    queries = pipeline.eval_dataset(test_source, size, 512, limit=t.knn_eval_examples)
     bank_x, bank_y = knn.extract_features(backbone, bank)
     query_x, query_y = knn.extract_features(backbone, queries)
     return knn.knn_accuracy(query_x, query_y, bank_x, bank_y,
@@ -139,8 +141,11 @@ def _append_jsonl(path, record):
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def train(config, verbose=1):
+def train(config, verbose=1, stop_at_step=None):
     """Pretrains (or resumes) the run described by ``config``.
+
+    ``stop_at_step`` ends the run early with a checkpoint (as a SIGTERM would);
+    re-running resumes exactly.
 
     Returns:
       A summary dict: final step, last epoch's mean losses, kNN results
@@ -218,6 +223,10 @@ def train(config, verbose=1):
                 if step % t.checkpoint_every_steps == 0:
                     manager.save(checkpoint_number=step)
                 bar.update(step - epoch * spe, list(logs.items()))
+                if stop_at_step is not None and step >= stop_at_step:
+                    manager.save(checkpoint_number=step)
+                    summary["step"] = step
+                    return summary, model
                 if stop.signal is not None:
                     manager.save(checkpoint_number=step)
                     raise UserError(f"stopped by signal {stop.signal} at step {step}; "

@@ -167,7 +167,9 @@ def resized_crop(image: tf.Tensor, box: tf.Tensor, size: int,
     def resize(aa):
         return lambda: tf.image.resize(crop, [size, size], method="bilinear", antialias=aa)
 
-    if antialias:
+    static_hw = image.shape[:2]
+    never_down = static_hw.is_fully_defined() and max(static_hw) <= size
+    if antialias and not never_down:  # skip the cond when no box can be larger than size
         out = tf.cond(tf.reduce_any(box[2:] > size), resize(True), resize(False))
     else:
         out = resize(False)()

@@ -14,6 +14,7 @@ including BYOL, whose paper uses ``(0.08, 1)``).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Callable, Sequence
 
 import tensorflow as tf
@@ -67,11 +68,13 @@ class ViewSpec:
     solarize_p: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0:
+        if isinstance(self.size, bool) or not isinstance(self.size, numbers.Integral) \
+                or self.size <= 0:
             raise UserError(f"ViewSpec.size must be a positive integer, got {self.size!r}")
+        object.__setattr__(self, "size", int(self.size))
         for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
                     or not 0.0 <= value <= 1.0:
                 raise UserError(f"ViewSpec.{name} is a probability in [0, 1], got {value!r}")
             object.__setattr__(self, name, float(value))

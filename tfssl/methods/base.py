@@ -66,10 +66,14 @@ class MomentumMethod(keras.Model):
         self._momentum_pairs = []
         keras.utils.set_random_seed(config.train.seed)
         m = config.model
+        # Keras' synchronized BN path costs ~2x on one device: only use it when
+        # there is something to synchronise.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.sync_bn = bool(m.sync_bn and replicas > 1)
         self.backbone = build_backbone(
             m.backbone, stem=m.stem, width=m.width,
             image_size=config.data.image_size, mean=mean, std=std,
-            sync_bn=m.sync_bn, model_name="backbone")
+            sync_bn=self.sync_bn, model_name="backbone")
         self.feature_dim = feature_dim(m.backbone, m.width)
         self._momentum_schedule = schedules.momentum_schedule(
             config.train.momentum_schedule, config.train.momentum,
@@ -83,7 +87,7 @@ class MomentumMethod(keras.Model):
             last_bn=False):
         """An MLP head with the run's BN synchronisation setting."""
         return build_mlp(input_dim, hidden_dims, output_dim, batch_norm=batch_norm,
-                         last_bn=last_bn, sync_bn=self.run_config.model.sync_bn,
+                         last_bn=last_bn, sync_bn=self.sync_bn,
                          model_name=name)
 
     def projector(self, name="projector", last_bn=False):

@@ -49,11 +49,14 @@ import keras
 
 from tfssl.errors import UserError
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50")
 STEMS = ("cifar", "imagenet")
 
 # name -> (block kind, blocks per stage)
 _SPECS = {
+    # ResNet-10 (one BasicBlock per stage) is for quick CPU runs and tests: the
+    # same stem, widths and blocks as ResNet-18 at half the depth.
+    "resnet10": ("basic", (1, 1, 1, 1)),
     "resnet18": ("basic", (2, 2, 2, 2)),
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),

@@ -1,0 +1,50 @@
+"""Entry points: bad input exits non-zero with a one-line message, no traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module, *args):
+    env = dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs=0"], "--epochs=0 must be > 0"),
+    (["--queue_size=1000"], "--queue_size=1000 must be a positive multiple"),
+    (["--ressl_tau_t=0.2"], "must be smaller than --ressl_tau_s"),
+    (["--method=simclr"], "--method=simclr is not a known method; known: byol"),
+    (["--dataset=nope"], "nope"),
+    (["--data_dir=/nonexistent"], "/nonexistent"),
+    (["--backbone=vgg"], "--backbone"),
+    (["--model_dir="], "--model_dir is required"),
+])
+def test_train_rejects_bad_flags_with_one_line(tmp_path, args, message):
+    out = run("tfssl.train", "--flagfile=configs/fashion_mnist/quickstart.flags",
+              f"--model_dir={tmp_path / 'run'}", "--steps_per_epoch=1", *args)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr, out.stderr
+    errors = [l for l in out.stderr.splitlines() if "error" in l.lower()]
+    assert len(errors) == 1, out.stderr
+
+
+def test_unknown_flag_in_a_flagfile(tmp_path):
+    flagfile = tmp_path / "bad.flags"
+    flagfile.write_text("--flagfile=configs/fashion_mnist/quickstart.flags\n"
+                        "--no_such_flag=3\n")
+    out = run("tfssl.train", f"--flagfile={flagfile}", f"--model_dir={tmp_path}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "no_such_flag" in out.stderr
+
+
+def test_export_without_a_run(tmp_path):
+    out = run("tfssl.export", f"--model_dir={tmp_path}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "config.json not found" in out.stderr

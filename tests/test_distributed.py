@@ -1,0 +1,52 @@
+"""One step under MirroredStrategy (2 logical CPUs) equals one step on one device."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.helpers import tiny_config
+from tests.test_methods import real_views
+from tfssl.methods import METHODS
+from tfssl.trainer import build_model, make_train_function
+
+
+def run_steps(strategy, config, batches, init_weights=None):
+    model = build_model(config, strategy, 10, (0.5,) * 3, (0.5,) * 3)
+    if init_weights is not None:
+        for v, w in zip(model.weights, init_weights):
+            v.assign(w)
+    ds = tf.data.Dataset.from_tensor_slices(
+        tuple(np.stack([b[i] for b in batches]) for i in range(len(batches[0]))))
+    iterator = iter(strategy.experimental_distribute_dataset(ds))
+    fn = make_train_function(model, strategy)
+    logs = [{k: float(v) for k, v in fn(iterator).items()} for _ in batches]
+    return model, logs
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_two_replicas_equal_one_device(tmp_path, method, mirrored):
+    config = tiny_config(tmp_path, method, batch=8, queue=16)
+    single = tf.distribute.get_strategy()
+    probe = build_model(config, single, 10, (0.5,) * 3, (0.5,) * 3)
+    batches = [tuple(v.numpy() for v in real_views(probe, 8, seed=s)) for s in (1, 2)]
+    init = [w.numpy() for w in probe.weights]
+
+    one, logs_one = run_steps(single, config, batches, init)
+    two, logs_two = run_steps(mirrored, config, batches, init)
+
+    assert two.sync_bn and not one.sync_bn
+    for a, b in zip(logs_one, logs_two):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    for w1, w2 in zip(one.weights, two.weights):
+        np.testing.assert_allclose(w1.numpy(), w2.numpy(), rtol=1e-3, atol=1e-4,
+                                   err_msg=w1.path)
+    for pair1, pair2 in zip(one.momentum_pairs, two.momentum_pairs):
+        for t1, t2 in zip(pair1.target.weights, pair2.target.weights):
+            np.testing.assert_allclose(t1.numpy(), t2.numpy(), rtol=1e-3, atol=1e-4)
+    queue = getattr(two, "queue", None)
+    if queue is not None:
+        for replica in queue.queue.value.values:
+            np.testing.assert_allclose(replica.numpy(), one.queue.read().numpy(),
+                                       atol=1e-5)
+        assert int(queue.pointer.numpy()) == int(one.queue.pointer.numpy())

@@ -49,13 +49,11 @@ def export(model_dir, export_dir=None):
 
     import tensorflow as tf
 
-    from tfssl.data.sources import load_source
-    from tfssl.trainer import load_config, load_trained_model
+    from tfssl.trainer import load_config, load_trained_model, run_source
 
     config = load_config(model_dir)
     model = load_trained_model(config)
-    source = load_source(config.data.dataset, config.data.pretrain_split,
-                         config.data.data_dir)
+    source = run_source(config, config.data.pretrain_split)
     channels = source.image_shape[-1] or 3
     module = build_serving_module(model.backbone, config.data.image_size, channels)
     export_dir = export_dir or os.path.join(model_dir, "export")

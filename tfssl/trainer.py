@@ -136,6 +136,12 @@ def knn_eval(backbone, config, train_source, test_source):
                             temperature=t.knn_temperature)
 
 
+def run_source(config, split):
+    """``split`` of the run's dataset (image folders resized to the image size)."""
+    return load_source(config.data.dataset, split, config.data.data_dir,
+                       image_size=config.data.image_size)
+
+
 def _append_jsonl(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -154,8 +160,7 @@ def train(config, verbose=1, stop_at_step=None):
     check_run_dir(config)
     t = config.train
     strategy = make_strategy(t.strategy, t.tpu)
-    source = load_source(config.data.dataset, config.data.pretrain_split,
-                         config.data.data_dir)
+    source = run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, t.global_batch_size, t.steps_per_epoch)
     if spe < 1:
         raise UserError(f"--global_batch_size={t.global_batch_size} is larger than "
@@ -174,10 +179,9 @@ def train(config, verbose=1, stop_at_step=None):
     summary = {"step": step, "knn_init": None, "knn": None}
 
     knn_sources = None
-    bank_source = load_source(config.data.dataset, "train", config.data.data_dir)
+    bank_source = run_source(config, "train")
     if bank_source.num_classes:
-        knn_sources = (bank_source, load_source(
-            config.data.dataset, config.data.eval_split, config.data.data_dir))
+        knn_sources = (bank_source, run_source(config, config.data.eval_split))
 
     metrics_path = os.path.join(config.model_dir, METRICS_FILE)
     writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "tb"))
@@ -257,8 +261,7 @@ def train(config, verbose=1, stop_at_step=None):
 
 def load_trained_model(config):
     """Rebuilds the run's model and restores its latest checkpoint."""
-    source = load_source(config.data.dataset, config.data.pretrain_split,
-                         config.data.data_dir)
+    source = run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, config.train.global_batch_size,
                                    config.train.steps_per_epoch)
     model = build_model(config, tf.distribute.get_strategy(), max(spe, 1),

@@ -48,3 +48,17 @@ def test_export_without_a_run(tmp_path):
     out = run("tfssl.export", f"--model_dir={tmp_path}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "config.json not found" in out.stderr
+
+
+def test_mirrored_on_two_logical_cpus_from_the_command_line(tmp_path):
+    out = run("tfssl.train", "--flagfile=configs/fashion_mnist/quickstart.flags",
+              f"--model_dir={tmp_path}", "--strategy=mirrored", "--cpu_devices=2",
+              "--backbone=resnet10", "--width=0.125", "--global_batch_size=32",
+              "--queue_size=256", "--epochs=1", "--steps_per_epoch=2",
+              "--knn_train_examples=256", "--knn_eval_examples=64")
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+    config = json.load(open(tmp_path / "config.json"))
+    assert config["train"]["strategy"] == "mirrored"
+    records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert records[-1]["step"] == 2 and "knn_top1" in records[-1]

@@ -72,14 +72,8 @@ class DataConfig:
     eval_split: str = option("test", "Split used as kNN queries.")
     image_size: int = option(28, "Side of the (global) training views in pixels.",
                              positive)
-    multi_crop_local: int = option(
-        0, "Number of extra small (local) crops for methods that use multi-crop.",
-        non_negative)
-    local_size: int = option(12, "Side of the local crops in pixels.", positive)
     num_parallel_calls: int = option(
         -1, "Parallel map calls in tf.data (-1 = AUTOTUNE).")
-    dataset_cache: bool = option(
-        True, "Keep decoded images in memory when the split fits.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +119,10 @@ class TrainConfig:
     strategy: str = option("default", "Distribution strategy.",
                            one_of("default", "mirrored", "multi_worker", "tpu"))
     tpu: str = option("", "TPU name or address for --strategy=tpu.")
+    cpu_devices: int = option(
+        0, "Split the CPU into N logical devices (N > 1) so that --strategy="
+        "mirrored runs N replicas on a machine without accelerators.",
+        non_negative)
     momentum: float = option(0.99, "Base momentum m0 of the EMA target network.",
                              probability)
     momentum_schedule: str = option(

@@ -27,11 +27,30 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 
 
-def make_strategy(name, tpu=""):
+def split_cpu(count):
+    """Splits the first CPU into ``count`` logical devices (before TF starts)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu) or [None]
+    if len(current) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        raise UserError(f"--cpu_devices={count}: TensorFlow was already initialised "
+                        f"with {len(current)} CPU device(s).") from None
+
+
+def make_strategy(name, tpu="", cpu_devices=0):
     """``default`` | ``mirrored`` | ``multi_worker`` (from TF_CONFIG) | ``tpu``."""
+    if cpu_devices > 1:
+        split_cpu(cpu_devices)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
+        if cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy(
+                [f"CPU:{i}" for i in range(cpu_devices)])
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
@@ -159,7 +178,7 @@ def train(config, verbose=1, stop_at_step=None):
     """
     check_run_dir(config)
     t = config.train
-    strategy = make_strategy(t.strategy, t.tpu)
+    strategy = make_strategy(t.strategy, t.tpu, t.cpu_devices)
     source = run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, t.global_batch_size, t.steps_per_epoch)
     if spe < 1:

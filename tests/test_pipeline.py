@@ -66,3 +66,21 @@ def test_steps_per_epoch_drops_the_remainder_and_caps():
     src = toy_source(10)
     assert pipeline.steps_per_epoch(src, 4) == 2
     assert pipeline.steps_per_epoch(src, 4, cap=1) == 1
+
+
+def test_streaming_sources_resume_exactly_too():
+    images = toy_source().images
+
+    def make_dataset():
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": images, "label": np.arange(10, dtype=np.int64)})
+
+    src = Source(name="toy", split="train", num_examples=10, num_classes=10,
+                 image_shape=(8, 8, 1), mean=(0.5,) * 3, std=(0.5,) * 3, images=None,
+                 labels=None, make_dataset=make_dataset)
+    assert not src.in_memory
+    specs = views.strong(8)
+    full = batches(pipeline.pretrain_dataset(src, specs, 4, seed=2), 5)
+    resumed = batches(pipeline.pretrain_dataset(src, specs, 4, seed=2, start_step=3), 2)
+    for a, b in zip(full[3:], resumed):
+        np.testing.assert_array_equal(a[0], b[0])

@@ -74,3 +74,60 @@ def test_export_reloads_in_a_fresh_process(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "feat.npy"), expected, atol=1e-5)
     emb = np.load(tmp_path / "emb.npy")
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_tensorboard_holds_views_and_projector(tmp_path):
+    config = tiny_config(tmp_path, "ressl", steps=1, projector_examples=32)
+    train(config, verbose=0)
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"),
+                                             size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    assert {"views/0_28px", "views/1_28px", "train/relation", "train/alpha",
+            "train/teacher_entropy", "train/embedding_std", "knn/top1"} <= tags
+    assert (tmp_path / "tb" / "projector_config.pbtxt").exists()
+    assert len(open(tmp_path / "tb" / "metadata.tsv").readlines()) == 32
+
+
+def test_non_finite_loss_stops_and_keeps_the_finite_checkpoint(tmp_path, monkeypatch):
+    from tfssl.methods.moco_v2 import MoCoV2
+
+    original = MoCoV2.compute_losses
+
+    def poisoned(self, views, step):
+        terms = original(self, views, step)
+        bad = tf.cast(step >= 2, tf.float32) * np.nan
+        terms["loss"] = terms["loss"] + tf.where(step >= 2, bad, 0.0)
+        return terms
+
+    monkeypatch.setattr(MoCoV2, "compute_losses", poisoned)
+    config = tiny_config(tmp_path, "moco_v2", steps=4, checkpoint_every_steps=1)
+    with pytest.raises(UserError, match="non-finite at step 3"):
+        train(config, verbose=0)
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert latest.endswith("-2")
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.isfinite(value).all(), name
+
+
+def test_checkpoints_move_between_mirrored_and_one_device(tmp_path, mirrored):
+    from tfssl.trainer import load_trained_model
+
+    config = tiny_config(tmp_path / "m", "moco_v2", batch=8, queue=16, steps=2)
+    _, two = train(config, verbose=0, strategy=mirrored)
+    one = load_trained_model(config)
+    for a, b in zip(two.weights, one.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(two.queue.read(), one.queue.read())
+
+    config_b = tiny_config(tmp_path / "s", "moco_v2", batch=8, queue=16, steps=2)
+    _, single = train(config_b, verbose=0)
+    back = load_trained_model(config_b, strategy=mirrored)
+    for a, b in zip(single.weights, back.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(back.optimizer.iterations.numpy()) == 2

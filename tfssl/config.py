@@ -142,6 +142,9 @@ class TrainConfig:
     knn_eval_examples: int = option(
         0, "Use only the first N evaluation examples as kNN queries (0 = all).",
         non_negative)
+    projector_examples: int = option(
+        2000, "Evaluation examples exported to TensorBoard's embedding projector at "
+        "the end (0 = none).", non_negative)
     checkpoint_every_steps: int = option(500, "Checkpoint interval in steps.",
                                          positive)
     keep_checkpoints: int = option(3, "Checkpoints kept.", positive)

@@ -216,8 +216,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     """
     import tensorflow as tf
 
-    from tfssl.data.sources import load_source
-    from tfssl.trainer import load_config, load_trained_model
+    from tfssl.trainer import load_config, load_trained_model, run_source
 
     check_eval_config(cfg)
     if not os.path.isdir(cfg.model_dir):
@@ -226,14 +225,16 @@ def evaluate(cfg: EvalConfig) -> dict:
     run = load_config(cfg.model_dir)
     d = run.data
     eval_split = cfg.eval_split or d.eval_split
-    sources = [load_source(d.dataset, split, d.data_dir) for split in (cfg.train_split,
-                                                                      eval_split)]
+    sources = [run_source(run, split) for split in (cfg.train_split, eval_split)]
     for source, flag in zip(sources, ("train_split", "eval_split")):
         if not source.num_classes:
             raise UserError(f"--dataset={d.dataset} split {source.split!r} has no labels; "
                             f"evaluation needs a labelled --{flag}.")
-    model = load_trained_model(run)
     checkpoint = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "checkpoints"))
+    if checkpoint is None:
+        raise UserError(f"no checkpoint in {cfg.model_dir}/checkpoints; train first with "
+                        f"python -m tfssl.train --model_dir={cfg.model_dir}.")
+    model = load_trained_model(run)
     step = int(model.optimizer.iterations.numpy())
     results, settings = _PROTOCOLS[cfg.protocol](cfg, run, model.backbone, *sources)
     record = {"protocol": cfg.protocol, "model_dir": cfg.model_dir,

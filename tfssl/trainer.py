@@ -16,7 +16,7 @@ import time
 import keras
 import tensorflow as tf
 
-from tfssl import optim, schedules
+from tfssl import monitoring, optim, schedules
 from tfssl.data import pipeline
 from tfssl.data.sources import load_source
 from tfssl.errors import UserError
@@ -166,11 +166,12 @@ def _append_jsonl(path, record):
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def train(config, verbose=1, stop_at_step=None):
+def train(config, verbose=1, stop_at_step=None, strategy=None):
     """Pretrains (or resumes) the run described by ``config``.
 
     ``stop_at_step`` ends the run early with a checkpoint (as a SIGTERM would);
-    re-running resumes exactly.
+    re-running resumes exactly.  ``strategy`` overrides ``--strategy`` (library
+    use: a process should hold one MirroredStrategy).
 
     Returns:
       A summary dict: final step, last epoch's mean losses, kNN results
@@ -178,7 +179,7 @@ def train(config, verbose=1, stop_at_step=None):
     """
     check_run_dir(config)
     t = config.train
-    strategy = make_strategy(t.strategy, t.tpu, t.cpu_devices)
+    strategy = strategy or make_strategy(t.strategy, t.tpu, t.cpu_devices)
     source = run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, t.global_batch_size, t.steps_per_epoch)
     if spe < 1:
@@ -204,6 +205,11 @@ def train(config, verbose=1, stop_at_step=None):
 
     metrics_path = os.path.join(config.model_dir, METRICS_FILE)
     writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "tb"))
+    dataset = pipeline.pretrain_dataset(
+        source, model.view_specs(), t.global_batch_size, seed=t.seed,
+        start_step=step, num_parallel_calls=config.data.num_parallel_calls)
+    if step == 0:
+        monitoring.write_view_grid(writer, next(iter(dataset)), model.view_specs())
     if step == 0 and knn_sources:
         summary["knn_init"] = knn_eval(model.backbone, config, *knn_sources)
         _append_jsonl(metrics_path, {"epoch": 0, "step": 0,
@@ -216,9 +222,6 @@ def train(config, verbose=1, stop_at_step=None):
               f"{t.global_batch_size}/256 = {config.learning_rate():.5g} (peak); "
               f"{spe} steps/epoch, {total_steps} steps in all.")
 
-    dataset = pipeline.pretrain_dataset(
-        source, model.view_specs(), t.global_batch_size, seed=t.seed,
-        start_step=step, num_parallel_calls=config.data.num_parallel_calls)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     train_function = make_train_function(model, strategy, t.jit_compile)
 
@@ -243,6 +246,7 @@ def train(config, verbose=1, stop_at_step=None):
                     with writer.as_default(step=step):
                         for k, v in logs.items():
                             tf.summary.scalar(f"train/{k}", v)
+                    monitoring.write_method_summaries(writer, step, model.summaries())
                 if step % t.checkpoint_every_steps == 0:
                     manager.save(checkpoint_number=step)
                 bar.update(step - epoch * spe, list(logs.items()))
@@ -273,18 +277,23 @@ def train(config, verbose=1, stop_at_step=None):
             _append_jsonl(metrics_path, record)
             manager.save(checkpoint_number=step)
             summary["last_epoch"] = record
+    if knn_sources and t.projector_examples:
+        features, labels = knn.extract_features(model.backbone, pipeline.eval_dataset(
+            knn_sources[1], config.data.image_size, 512, limit=t.projector_examples))
+        monitoring.export_projector(os.path.join(config.model_dir, "tb"), features,
+                                    labels)
     writer.flush()
     summary["step"] = step
     return summary, model
 
 
-def load_trained_model(config):
+def load_trained_model(config, strategy=None):
     """Rebuilds the run's model and restores its latest checkpoint."""
     source = run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, config.train.global_batch_size,
                                    config.train.steps_per_epoch)
-    model = build_model(config, tf.distribute.get_strategy(), max(spe, 1),
-                        source.mean, source.std)
+    model = build_model(config, strategy or tf.distribute.get_strategy(),
+                        max(spe, 1), source.mean, source.std)
     ckpt_dir = os.path.join(config.model_dir, "checkpoints")
     latest = tf.train.latest_checkpoint(ckpt_dir)
     if latest is None:

@@ -27,7 +27,7 @@ Learning rates, per optimizer step ``t`` of ``T = epochs * ceil(N / B)`` (``lr``
 effective rate; the entry point applies ``base * B / 256`` and logs both)::
 
     cosine: lr_t = lr * (1 + cos(pi * t / T)) / 2          (schedules.warmup_cosine_lr, W = 0)
-    step:   lr_t = lr * 0.1 ** #{m : t >= m * N_e}, m = round(0.6 E), round(0.8 E) epochs
+    step:   lr_t = lr * 0.1 ** #{m : t >= m * ceil(N / B)}, m in {round(0.6 E), round(0.8 E)}
 
 (``step`` is the 60/80-of-100-epoch schedule of the ReSSL/MoCo probes; repeated or
 zero milestones of very short runs are merged / raised to epoch 1.)
@@ -69,13 +69,8 @@ _SHUFFLE_BUFFER = 10_000   # streaming sources only
 # --------------------------------------------------------------------- subsets
 
 
-def _per_class(count: int, fraction: float) -> int:
-    """``max(1, round_half_up(fraction * count))``, at most ``count``."""
-    return min(count, max(1, int(math.floor(fraction * count + 0.5))))
-
-
 def balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
-    """A class-stratified random subset: ``round(fraction * n_c)`` examples of class ``c``.
+    """A class-stratified random subset: ``max(1, round(fraction * n_c))`` of class ``c``.
 
     Every class with labelled examples keeps at least one; on a balanced split (CIFAR,
     STL-10, Fashion-MNIST) every class gets exactly the same count, e.g. 60 per class
@@ -103,8 +98,9 @@ def balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
     picked = []
     for c in classes:
         members = np.flatnonzero(labels == c)
+        count = min(members.size, max(1, int(math.floor(fraction * members.size + 0.5))))
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(c)])
-        picked.append(rng.choice(members, _per_class(members.size, fraction), replace=False))
+        picked.append(rng.choice(members, count, replace=False))
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
@@ -130,10 +126,9 @@ def load_or_make_subset(path: str, labels, fraction: float, seed: int):
             raise UserError(f"{path} must hold one integer index per line; {fix}.") from None
         if indices.size == 0 or np.unique(indices).size != indices.size:
             raise UserError(f"{path} is empty or repeats an index; {fix}.")
-        if indices.min() < 0 or indices.max() >= labels.size:
-            raise UserError(f"{path} has indices outside [0, {labels.size}); {fix}.")
-        if (labels[indices] < 0).any():
-            raise UserError(f"{path} names unlabelled examples; {fix}.")
+        if indices.min() < 0 or indices.max() >= labels.size or (labels[indices] < 0).any():
+            raise UserError(f"{path} has indices outside [0, {labels.size}) or of unlabelled "
+                            f"examples; {fix}.")
         return indices, True
     indices = balanced_subset(labels, fraction, seed)
     tmp = path + ".tmp"
@@ -195,21 +190,19 @@ def _sgd(schedule, variables):
     return optimizer
 
 
-def _classes(train_source, eval_source) -> int:
+def _check(train_source, eval_source, epochs, batch_size, **lrs) -> int:
+    """Validates the arguments of a protocol; returns the number of classes."""
     for source in (train_source, eval_source):
         if not source.num_classes:
             raise UserError(f"--dataset={source.name} split {source.split!r} has no labels; "
                             "the evaluation protocols need labelled train and eval splits.")
-    return int(train_source.num_classes)
-
-
-def _check_training(epochs, batch_size, **lrs):
     if epochs < 1 or batch_size < 1:
         raise UserError(f"evaluation needs epochs >= 1 and batch size >= 1, got {epochs}, "
                         f"{batch_size}.")
     for name, value in lrs.items():
         if not value >= 0:
             raise UserError(f"{name} must be >= 0, got {value}.")
+    return int(train_source.num_classes)
 
 
 def _epochs(source, indices, *, image_size, batch_size, seed, spec):
@@ -220,6 +213,7 @@ def _epochs(source, indices, *, image_size, batch_size, seed, spec):
     """
     base = tf.constant([seed, _AUG_SALT], tf.int64)
 
+    @tf.function  # traced once per image shape, not once per epoch's dataset
     def view(image, epoch, position):
         if spec is None:
             return pipeline.eval_transform(image, image_size)
@@ -232,7 +226,8 @@ def _epochs(source, indices, *, image_size, batch_size, seed, spec):
         def epoch_dataset(epoch):
             order = indices[epoch_order(indices.size, seed, epoch)]
             ds = tf.data.Dataset.from_tensor_slices((np.arange(order.size), order))
-            ds = ds.map(lambda p, i: (view(tf.gather(images, i), epoch, p), tf.gather(labels, i)),
+            ds = ds.map(lambda p, i: (view(tf.gather(images, i), tf.constant(epoch, tf.int64), p),
+                                      tf.gather(labels, i)),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
         return epoch_dataset
@@ -242,10 +237,12 @@ def _epochs(source, indices, *, image_size, batch_size, seed, spec):
     keep = tf.constant(keep)
 
     def epoch_dataset(epoch):  # re-reads the split every epoch
-        ds = source.as_dataset().enumerate().filter(lambda i, ex: tf.gather(keep, i))
+        ds = source.as_dataset().enumerate().filter(
+            lambda i, ex: tf.logical_and(tf.gather(keep, i), ex["label"] >= 0))
         shuffle_seed = int(np.random.default_rng([int(seed) & 0xFFFFFFFF, epoch]).integers(2**31))
         ds = ds.map(lambda i, ex: ex).shuffle(_SHUFFLE_BUFFER, seed=shuffle_seed).enumerate()
-        ds = ds.map(lambda p, ex: (view(ex["image"], epoch, p), ex["label"]),
+        ds = ds.map(lambda p, ex: (view(ex["image"], tf.constant(epoch, tf.int64), p),
+                                   ex["label"]),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return epoch_dataset
@@ -309,8 +306,7 @@ def linear_probe(backbone, train_source, eval_source, *, image_size: int, epochs
         UserError: an unlabelled split, ``epochs``/``batch_size`` < 1, ``lr`` < 0,
             unknown ``schedule``.
     """
-    num_classes = _classes(train_source, eval_source)
-    _check_training(epochs, batch_size, lr=lr)
+    num_classes = _check(train_source, eval_source, epochs, batch_size, lr=lr)
     lr_schedule(schedule, lr, epochs, 1)  # validates the name before any work
     eval_x, eval_y = extract_features(backbone, pipeline.eval_dataset(
         eval_source, image_size, EXTRACT_BATCH, limit=eval_examples))
@@ -369,16 +365,12 @@ def semi_supervised(backbone, train_source, eval_source, indices, *, image_size:
     """Fine-tunes ``backbone`` and a new linear head on ``indices``; evaluates both.
 
     Args:
-        backbone: as in :func:`linear_probe`; its weights and BN statistics are
-            updated in place.
-        train_source, eval_source: labelled sources.
+        backbone: as in :func:`linear_probe`, but updated in place (weights, BN stats).
         indices: ``int [M]`` labelled training examples (:func:`balanced_subset`).
-        image_size: side of the views.
         epochs: passes over the subset.
         lr_backbone, lr_head: effective peak learning rates (cosine decay to 0).
-        batch_size: ``B``.
-        seed: head initialisation, example order, augmentation.
-        eval_examples: use only the first N eval examples (0 = all).
+        train_source, eval_source, image_size, batch_size, seed, eval_examples: as in
+            :func:`linear_probe`.
 
     Returns:
         ``{"top1", "top5"}`` (percent, eval split, BN in inference mode) plus
@@ -388,8 +380,8 @@ def semi_supervised(backbone, train_source, eval_source, indices, *, image_size:
         UserError: an unlabelled split, bad sizes or learning rates, indices out of
             range.
     """
-    num_classes = _classes(train_source, eval_source)
-    _check_training(epochs, batch_size, lr_backbone=lr_backbone, lr_head=lr_head)
+    num_classes = _check(train_source, eval_source, epochs, batch_size,
+                         lr_backbone=lr_backbone, lr_head=lr_head)
     indices = np.asarray(indices, np.int64).reshape(-1)
     if indices.size == 0 or indices.min() < 0 or indices.max() >= train_source.num_examples:
         raise UserError(f"semi-supervised indices must be a non-empty subset of "

@@ -140,6 +140,11 @@ class MomentumMethod(keras.Model):
         """In-graph work after the EMA update (``step`` = the step just taken)."""
         return None
 
+    def summaries(self):
+        """Extra TensorBoard values read on the host at log steps (name -> tensor;
+        rank 0 -> scalar, else histogram). SMoG's group occupancy goes here."""
+        return {}
+
     # -- the step ---------------------------------------------------------------
 
     @property

@@ -10,6 +10,7 @@ import dataclasses
 from tfssl.data import views
 from tfssl.losses import byol_mse
 from tfssl.methods.base import MomentumMethod, register_method
+from tfssl.monitoring import embedding_std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class BYOL(MomentumMethod):
 
     def compute_losses(self, views_, step):
         x1, x2 = views_
-        loss = (byol_mse(self._predict(x1), self._target(x2)) +
-                byol_mse(self._predict(x2), self._target(x1)))
-        return {"loss": loss, "byol": loss}
+        p1 = self._predict(x1)
+        loss = byol_mse(p1, self._target(x2)) + byol_mse(self._predict(x2),
+                                                         self._target(x1))
+        return {"loss": loss, "byol": loss, "embedding_std": embedding_std(p1)}

@@ -13,6 +13,7 @@ from tfssl.config import option, positive
 from tfssl.data import views
 from tfssl.losses import info_nce
 from tfssl.methods.base import MomentumMethod, register_method
+from tfssl.monitoring import embedding_std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,4 +49,4 @@ class MoCoV2(MomentumMethod):
             k1 = self.encode(x1, self.target_backbone, self.target_proj)
             loss = 0.5 * (loss + info_nce(q2, k1, negatives, tau))
         self.queue.enqueue(k2)
-        return {"loss": loss, "info_nce": loss}
+        return {"loss": loss, "info_nce": loss, "embedding_std": embedding_std(q1)}

@@ -23,6 +23,7 @@ from tfssl.config import one_of, option, positive
 from tfssl.data import views
 from tfssl.losses import entropy, info_nce, l2_normalize, relation_ce
 from tfssl.methods.base import MomentumMethod, register_method
+from tfssl.monitoring import embedding_std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +97,9 @@ class ReSSL(MomentumMethod):
         queue = self.queue.read()
         t_logits = _sim(z_t, queue)
         alpha = schedules.warmup_weight(step, p.warmup_steps)
+        z_students = [self.student(x) for x in students]
         relation, nce = 0.0, 0.0
-        for x in students:
-            z_s = self.student(x)
+        for z_s in z_students:
             relation += relation_ce(_sim(z_s, queue), t_logits, p.tau_s, p.tau_t)
             if p.warmup_steps > 0:
                 nce += info_nce(z_s, z_t, queue, p.tau_s)
@@ -107,7 +108,8 @@ class ReSSL(MomentumMethod):
         loss = alpha * relation + (1.0 - alpha) * nce
         self.queue.enqueue(z_t)
         return {"loss": loss, "relation": relation, "info_nce": nce, "alpha": alpha,
-                "teacher_entropy": entropy(t_logits, p.tau_t)}
+                "teacher_entropy": entropy(t_logits, p.tau_t),
+                "embedding_std": embedding_std(z_students[0])}
 
 
 def _sim(z, queue):

@@ -1,0 +1,57 @@
+"""What a run shows in TensorBoard beyond the per-step scalars.
+
+* :func:`embedding_std` — the collapse indicator of SimSiam (Chen & He 2021, §4.1):
+  the per-dimension standard deviation over the batch of L2-normalised embeddings,
+  averaged over dimensions. A collapsed representation gives 0; embeddings spread
+  uniformly on the sphere give about ``1/sqrt(d)``.
+* :func:`write_view_grid` — each view recipe's augmented samples at the start.
+* :func:`write_method_summaries` — a method's own extras (``model.summaries()``).
+* :func:`export_projector` — test-set features for TensorBoard's projector.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+
+def embedding_std(z):
+    """Collapse indicator of ``z`` ``[B, d]``: ``mean_d std_B(norm(z))``, float32."""
+    z = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
+    return tf.reduce_mean(tf.math.reduce_std(z, axis=0))
+
+
+def write_view_grid(writer, views, specs, max_images=8):
+    """Writes ``views/<i>_<size>px`` image summaries of one batch at step 0."""
+    with writer.as_default(step=0):
+        for i, (batch, spec) in enumerate(zip(views, specs)):
+            tf.summary.image(f"views/{i}_{spec.size}px", batch[:max_images],
+                             max_outputs=max_images,
+                             description=f"view {i}: {spec}")
+
+
+def write_method_summaries(writer, step, summaries):
+    """Scalars for rank-0 values, histograms otherwise."""
+    with writer.as_default(step=step):
+        for name, value in summaries.items():
+            value = tf.convert_to_tensor(value)
+            if value.shape.rank == 0:
+                tf.summary.scalar(name, value)
+            else:
+                tf.summary.histogram(name, value)
+
+
+def export_projector(log_dir, features, labels):
+    """Saves ``features`` ``[N, C]`` and their labels for the embedding projector."""
+    from tensorboard.plugins import projector
+
+    os.makedirs(log_dir, exist_ok=True)
+    with open(os.path.join(log_dir, "metadata.tsv"), "w") as f:
+        f.writelines(f"{int(label)}\n" for label in labels)
+    embedding = tf.Variable(np.asarray(features, np.float32), name="embedding")
+    tf.train.Checkpoint(embedding=embedding).save(os.path.join(log_dir, "embedding.ckpt"))
+    config = projector.ProjectorConfig()
+    entry = config.embeddings.add()
+    entry.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    entry.metadata_path = "metadata.tsv"
+    projector.visualize_embeddings(log_dir, config)

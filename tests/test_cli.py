@@ -62,3 +62,34 @@ def test_mirrored_on_two_logical_cpus_from_the_command_line(tmp_path):
     assert config["train"]["strategy"] == "mirrored"
     records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert records[-1]["step"] == 2 and "knn_top1" in records[-1]
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(tmp_path):
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "tfssl.train",
+            "--flagfile=configs/fashion_mnist/quickstart.flags",
+            f"--model_dir={tmp_path}", "--backbone=resnet10", "--width=0.125",
+            "--global_batch_size=32", "--queue_size=256", "--epochs=1",
+            "--steps_per_epoch=500", "--knn_train_examples=64",
+            "--knn_eval_examples=32", "--log_every_steps=1"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    events = tmp_path / "tb"
+    while time.time() < deadline and proc.poll() is None:
+        # train/loss at step 1 means the loop is running.
+        if events.exists() and any(os.path.getsize(events / f) > 2000
+                                   for f in os.listdir(events)):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "stopped by signal 15" in stderr and "Traceback" not in stderr
+    ckpts = [f for f in os.listdir(tmp_path / "checkpoints") if f.endswith(".index")]
+    assert len(ckpts) == 1
+    step = int(ckpts[0].split("-")[1].split(".")[0])
+    assert 1 <= step < 500

@@ -177,6 +177,13 @@ def train(config, verbose=1, stop_at_step=None, strategy=None):
       A summary dict: final step, last epoch's mean losses, kNN results
       (``knn_init`` for the backbone at initialisation, ``knn`` at the end).
     """
+    # The handlers go in first: a signal at any point after this is honoured at
+    # the end of the next step (or of the first one).
+    with _StopRequest() as stop:
+        return _train(config, verbose, stop_at_step, strategy, stop)
+
+
+def _train(config, verbose, stop_at_step, strategy, stop):
     check_run_dir(config)
     t = config.train
     strategy = strategy or make_strategy(t.strategy, t.tpu, t.cpu_devices)
@@ -225,58 +232,57 @@ def train(config, verbose=1, stop_at_step=None, strategy=None):
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     train_function = make_train_function(model, strategy, t.jit_compile)
 
-    with _StopRequest() as stop:
-        while step < total_steps:
-            epoch = step // spe
-            bar = keras.utils.Progbar(spe, verbose=verbose,
-                                      stateful_metrics=["learning_rate", "momentum"])
-            sums, count, started = {}, 0, time.perf_counter()
-            for _ in range(step % spe, spe):
-                logs = {k: float(v) for k, v in train_function(iterator).items()}
-                step += 1
-                if not all(math.isfinite(v) for v in logs.values()):
-                    raise UserError(
-                        f"the loss became non-finite at step {step} ({logs}); the "
-                        f"last checkpoint ({manager.latest_checkpoint}) holds finite "
-                        "weights. Lower --base_learning_rate or check the inputs.")
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                if step % t.log_every_steps == 0:
-                    with writer.as_default(step=step):
-                        for k, v in logs.items():
-                            tf.summary.scalar(f"train/{k}", v)
-                    monitoring.write_method_summaries(writer, step, model.summaries())
-                if step % t.checkpoint_every_steps == 0:
-                    manager.save(checkpoint_number=step)
-                bar.update(step - epoch * spe, list(logs.items()))
-                if stop_at_step is not None and step >= stop_at_step:
-                    manager.save(checkpoint_number=step)
-                    summary["step"] = step
-                    return summary, model
-                if stop.signal is not None:
-                    manager.save(checkpoint_number=step)
-                    raise UserError(f"stopped by signal {stop.signal} at step {step}; "
-                                    "checkpoint written. Re-run the same command to "
-                                    "resume.")
-            elapsed = time.perf_counter() - started
-            record = {"epoch": epoch + 1, "step": step,
-                      **{k: v / max(count, 1) for k, v in sums.items()},
-                      "images_per_sec": count * t.global_batch_size / elapsed}
-            due = (t.knn_every_epochs and (epoch + 1) % t.knn_every_epochs == 0)
-            if knn_sources and (due or step >= total_steps):
-                result = knn_eval(model.backbone, config, *knn_sources)
-                summary["knn"] = result
-                record.update({f"knn_{k}": v for k, v in result.items()})
-                if verbose:
-                    print(f"epoch {epoch + 1}: kNN top-1 {result['top1']:.2f}%")
-            with writer.as_default(step=step):
-                tf.summary.scalar("train/images_per_sec", record["images_per_sec"])
-                if "knn_top1" in record:
-                    tf.summary.scalar("knn/top1", record["knn_top1"])
-            _append_jsonl(metrics_path, record)
-            manager.save(checkpoint_number=step)
-            summary["last_epoch"] = record
+    while step < total_steps:
+        epoch = step // spe
+        bar = keras.utils.Progbar(spe, verbose=verbose,
+                                  stateful_metrics=["learning_rate", "momentum"])
+        sums, count, started = {}, 0, time.perf_counter()
+        for _ in range(step % spe, spe):
+            logs = {k: float(v) for k, v in train_function(iterator).items()}
+            step += 1
+            if not all(math.isfinite(v) for v in logs.values()):
+                raise UserError(
+                    f"the loss became non-finite at step {step} ({logs}); the "
+                    f"last checkpoint ({manager.latest_checkpoint}) holds finite "
+                    "weights. Lower --base_learning_rate or check the inputs.")
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if step % t.log_every_steps == 0:
+                with writer.as_default(step=step):
+                    for k, v in logs.items():
+                        tf.summary.scalar(f"train/{k}", v)
+                monitoring.write_method_summaries(writer, step, model.summaries())
+            if step % t.checkpoint_every_steps == 0:
+                manager.save(checkpoint_number=step)
+            bar.update(step - epoch * spe, list(logs.items()))
+            if stop_at_step is not None and step >= stop_at_step:
+                manager.save(checkpoint_number=step)
+                summary["step"] = step
+                return summary, model
+            if stop.signal is not None:
+                manager.save(checkpoint_number=step)
+                raise UserError(f"stopped by signal {stop.signal} at step {step}; "
+                                "checkpoint written. Re-run the same command to "
+                                "resume.")
+        elapsed = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "step": step,
+                  **{k: v / max(count, 1) for k, v in sums.items()},
+                  "images_per_sec": count * t.global_batch_size / elapsed}
+        due = (t.knn_every_epochs and (epoch + 1) % t.knn_every_epochs == 0)
+        if knn_sources and (due or step >= total_steps):
+            result = knn_eval(model.backbone, config, *knn_sources)
+            summary["knn"] = result
+            record.update({f"knn_{k}": v for k, v in result.items()})
+            if verbose:
+                print(f"epoch {epoch + 1}: kNN top-1 {result['top1']:.2f}%")
+        with writer.as_default(step=step):
+            tf.summary.scalar("train/images_per_sec", record["images_per_sec"])
+            if "knn_top1" in record:
+                tf.summary.scalar("knn/top1", record["knn_top1"])
+        _append_jsonl(metrics_path, record)
+        manager.save(checkpoint_number=step)
+        summary["last_epoch"] = record
     if knn_sources and t.projector_examples:
         features, labels = knn.extract_features(model.backbone, pipeline.eval_dataset(
             knn_sources[1], config.data.image_size, 512, limit=t.projector_examples))

@@ -16,8 +16,15 @@ import tensorflow as tf
 
 
 def embedding_std(z):
-    """Collapse indicator of ``z`` ``[B, d]``: ``mean_d std_B(norm(z))``, float32."""
-    z = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
+    """Collapse indicator of ``z`` ``[B, d]``: ``mean_d std_B(norm(z))``, float32.
+
+    Computed over the global batch (gathered from every replica, no gradient), so
+    it reads the same on one device and on N replicas.
+    """
+    z = tf.math.l2_normalize(tf.stop_gradient(tf.cast(z, tf.float32)), axis=-1)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        z = context.all_gather(z, axis=0)
     return tf.reduce_mean(tf.math.reduce_std(z, axis=0))
 
 

@@ -258,6 +258,7 @@ def _train(config, verbose, stop_at_step, strategy, stop):
             bar.update(step - epoch * spe, list(logs.items()))
             if stop_at_step is not None and step >= stop_at_step:
                 manager.save(checkpoint_number=step)
+                writer.flush()
                 summary["step"] = step
                 return summary, model
             if stop.signal is not None:

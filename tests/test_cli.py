@@ -15,24 +15,65 @@ def run(module, *args):
                           capture_output=True, text=True, timeout=120)
 
 
+def parse(*args):
+    """Flags -> RunConfig in-process, as ``tfssl.train`` does before any work."""
+    from absl import flags
+
+    from tfssl import flags as tfssl_flags
+
+    fv = flags.FlagValues()
+    tfssl_flags.define_flags(fv)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        fv(["prog", "--flagfile=configs/fashion_mnist/quickstart.flags",
+            "--model_dir=/tmp/unused", *args])
+    finally:
+        os.chdir(cwd)
+    return tfssl_flags.run_config_from_flags(fv)
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--epochs=0"], "--epochs=0 must be > 0"),
-    (["--queue_size=1000"], "--queue_size=1000 must be a positive multiple"),
-    (["--ressl_tau_t=0.2"], "must be smaller than --ressl_tau_s"),
+    (["--epochs=0"], "--epochs=0 must be > 0."),
+    (["--ressl_tau_t=0.2"], "--ressl_tau_t=0.2 must be smaller than --ressl_tau_s=0.1"),
     (["--method=simclr"], "--method=simclr is not a known method; known: byol"),
-    (["--dataset=nope"], "nope"),
-    (["--data_dir=/nonexistent"], "/nonexistent"),
-    (["--backbone=vgg"], "--backbone"),
     (["--model_dir="], "--model_dir is required"),
+    (["--width=-1"], "--width=-1.0 must be > 0."),
 ])
-def test_train_rejects_bad_flags_with_one_line(tmp_path, args, message):
+def test_bad_flag_values_are_named(args, message):
+    from tfssl.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        parse(*args)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset=nope"], "--dataset"),
+    (["--data_dir=/nonexistent"], "/nonexistent"),
+    (["--queue_size=1000"], "--queue_size=1000 must be a positive multiple of "
+                            "--global_batch_size=256; use 768 or 1024."),
+])
+def test_bad_data_and_model_flags_are_named(tmp_path, args, message):
+    from tfssl.errors import UserError
+    from tfssl.trainer import train
+
+    config = parse(*args)
+    config = type(config)(**{**config.__dict__, "model_dir": str(tmp_path)})
+    with pytest.raises(UserError) as error:
+        train(config, verbose=0)
+    assert message in str(error.value)
+
+
+def test_a_bad_flag_exits_2_with_one_line_and_no_traceback(tmp_path):
     out = run("tfssl.train", "--flagfile=configs/fashion_mnist/quickstart.flags",
-              f"--model_dir={tmp_path / 'run'}", "--steps_per_epoch=1", *args)
-    assert out.returncode != 0
+              f"--model_dir={tmp_path / 'run'}", "--queue_size=1000")
+    assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    assert message in out.stderr, out.stderr
-    errors = [l for l in out.stderr.splitlines() if "error" in l.lower()]
-    assert len(errors) == 1, out.stderr
+    lines = [l for l in out.stderr.splitlines() if "error" in l.lower()]
+    assert lines == ["error: --queue_size=1000 must be a positive multiple of "
+                     "--global_batch_size=256; use 768 or 1024."], out.stderr
 
 
 def test_unknown_flag_in_a_flagfile(tmp_path):

@@ -16,16 +16,25 @@ import tensorflow as tf
 
 
 def embedding_std(z):
-    """Collapse indicator of ``z`` ``[B, d]``: ``mean_d std_B(norm(z))``, float32.
+    """Collapse indicator of ``z`` ``[B_local, d]``: ``mean_d std_B(norm(z))``.
 
-    Computed over the global batch (gathered from every replica, no gradient), so
-    it reads the same on one device and on N replicas.
+    Two passes over sums all-reduced across replicas (mean, then squared
+    deviations; no gradient), so it reads the same on one device and on N replicas
+    (the per-replica std averaged over replicas would not) and does not suffer the
+    cancellation of ``E[z²] − E[z]²`` near collapse.
     """
     z = tf.math.l2_normalize(tf.stop_gradient(tf.cast(z, tf.float32)), axis=-1)
+    n = _sum_over_replicas(tf.cast(tf.shape(z)[0], tf.float32))
+    mean = _sum_over_replicas(tf.reduce_sum(z, 0)) / n
+    var = _sum_over_replicas(tf.reduce_sum(tf.square(z - mean), 0)) / n
+    return tf.reduce_mean(tf.sqrt(var))
+
+
+def _sum_over_replicas(x):
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
-        z = context.all_gather(z, axis=0)
-    return tf.reduce_mean(tf.math.reduce_std(z, axis=0))
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+    return x
 
 
 def write_view_grid(writer, views, specs, max_images=8):

@@ -39,6 +39,7 @@ def parse(*args):
     (["--method=simclr"], "--method=simclr is not a known method; known: byol"),
     (["--model_dir="], "--model_dir is required"),
     (["--width=-1"], "--width=-1.0 must be > 0."),
+    (["--num_parallel_calls=0"], "--num_parallel_calls=0 must be -1 (AUTOTUNE) or >= 1."),
 ])
 def test_bad_flag_values_are_named(args, message):
     from tfssl.errors import UserError

@@ -246,7 +246,6 @@ def folder(tmp_path):
     rgb = np.stack([yy * 25, xx * 20, 255 - yy * 10 - xx * 8], -1).astype(np.uint8)
     gray = rng.integers(0, 256, size=(9, 8, 1), dtype=np.uint8)
     rgba = rng.integers(0, 256, size=(5, 6, 4), dtype=np.uint8)
-    tiny = rng.integers(0, 256, size=(3, 5, 3), dtype=np.uint8)
     files = {
         "class_a/rgb.JPG": tf.io.encode_jpeg(rgb, quality=95).numpy(),
         "class_a/gray.png": png(gray),

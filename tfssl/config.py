@@ -33,6 +33,10 @@ def unit_open(v):
     return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
 
 
+def autotune_or_positive(v):
+    return None if v == -1 or v >= 1 else "must be -1 (AUTOTUNE) or >= 1"
+
+
 def one_of(*choices):
     def check(v):
         return None if v in choices else f"must be one of {', '.join(map(str, choices))}"
@@ -73,7 +77,7 @@ class DataConfig:
     image_size: int = option(28, "Side of the (global) training views in pixels.",
                              positive)
     num_parallel_calls: int = option(
-        -1, "Parallel map calls in tf.data (-1 = AUTOTUNE).")
+        -1, "Parallel map calls in tf.data (-1 = AUTOTUNE).", autotune_or_positive)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ A method subclasses :class:`MomentumMethod` and declares
 * ``view_specs()`` — the views each example is turned into;
 * ``compute_losses(views, step) -> {"loss": ..., "<term>": ...}``;
 * optionally ``after_step(step)`` for periodic in-graph work and
-  ``monitors(views)`` for extra scalars.
+  ``summaries()`` for extra TensorBoard values.
 
 Everything else — the tape, replica loss scaling, the optimizer built on the online
 variables only, the EMA update after the optimizer step, the schedules and the

@@ -5,7 +5,6 @@ assigned explicitly (``clone_model`` alone would give new random weights).  The
 target's variables never reach the optimizer.
 """
 
-import keras
 import tensorflow as tf
 
 

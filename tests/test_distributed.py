@@ -27,7 +27,9 @@ def run_steps(strategy, config, batches, init_weights=None):
 # steps, group features) in tests/test_smog.py.
 @pytest.mark.parametrize("method", [m for m in METHODS.names() if m != "smog"])
 def test_two_replicas_equal_one_device(tmp_path, method, mirrored):
-    config = tiny_config(tmp_path, method, batch=8, queue=16)
+    # Synchronised BN makes 2 replicas equal 1 device (MoCo's default, shuffling
+    # BN, is checked in tests/test_shuffle_bn.py).
+    config = tiny_config(tmp_path, method, batch=8, queue=16, batch_norm="sync")
     single = tf.distribute.get_strategy()
     probe = build_model(config, single, 10, (0.5,) * 3, (0.5,) * 3)
     batches = [tuple(v.numpy() for v in real_views(probe, 8, seed=s)) for s in (1, 2)]
@@ -36,7 +38,7 @@ def test_two_replicas_equal_one_device(tmp_path, method, mirrored):
     one, logs_one = run_steps(single, config, batches, init)
     two, logs_two = run_steps(mirrored, config, batches, init)
 
-    assert two.sync_bn and not one.sync_bn
+    assert two.batch_norm == "sync" and one.batch_norm == "local"
     for a, b in zip(logs_one, logs_two):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key

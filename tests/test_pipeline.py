@@ -84,3 +84,22 @@ def test_streaming_sources_resume_exactly_too():
     resumed = batches(pipeline.pretrain_dataset(src, specs, 4, seed=2, start_step=3), 2)
     for a, b in zip(full[3:], resumed):
         np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_input_pipelines_split_each_global_batch_in_order():
+    # 2 workers x 2 replicas, global batch 8: worker w's k-th per-replica batch of
+    # step s is examples s*8 + w*4 + k*2 ... + 2 of the single-process stream.
+    src, specs = toy_source(), views.strong(8)
+    full = batches(pipeline.pretrain_dataset(src, specs, 8, seed=2, start_step=1), 3)
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2,
+                                             input_pipeline_id=worker,
+                                             num_replicas_in_sync=4)
+        ds = pipeline.pretrain_dataset(src, specs, 8, seed=2, start_step=1,
+                                       input_context=context)
+        got = batches(ds, 6)
+        for step in range(3):
+            for replica in range(2):
+                lo = worker * 4 + replica * 2
+                np.testing.assert_array_equal(got[step * 2 + replica][0],
+                                              full[step][0][lo:lo + 2])

@@ -88,8 +88,11 @@ class ModelConfig:
                        "imagenet (7x7/2 + max-pool).", one_of("cifar", "imagenet"))
     width: float = option(1.0, "Width multiplier of the backbone channels.",
                           positive)
-    sync_bn: bool = option(True, "Synchronise BatchNorm statistics across "
-                           "replicas (a no-op on one device).")
+    batch_norm: str = option(
+        "auto", "BatchNorm across replicas: sync (statistics all-reduced), shuffle "
+        "(MoCo's shuffling BN of the momentum encoder), local (per-replica), or auto "
+        "(the method's default: shuffle for moco_v2, sync for the others). With one "
+        "replica every choice is plain BN.", one_of("auto", "sync", "shuffle", "local"))
     proj_hidden_dim: int = option(512, "Projector hidden width.", positive)
     proj_dim: int = option(128, "Projector output dimension.", positive)
     proj_layers: int = option(2, "Projector depth (Dense layers).", positive)
@@ -136,6 +139,11 @@ class TrainConfig:
     queue_size: int = option(4096, "Queue length K (a multiple of the global "
                              "batch).", positive)
     jit_compile: bool = option(False, "Compile the training step with XLA.")
+    mixed_precision: str = option(
+        "none", "Keras dtype policy of the model: none (float32), mixed_float16 "
+        "(with dynamic loss scaling) or mixed_bfloat16. Variables, BN statistics, "
+        "losses, queues and the EMA stay float32.",
+        one_of("none", "mixed_float16", "mixed_bfloat16"))
     knn_every_epochs: int = option(0, "Run the kNN monitor every N epochs (0 = "
                                    "only at the end).", non_negative)
     knn_k: int = option(200, "kNN neighbours.", positive)

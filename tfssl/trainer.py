@@ -10,7 +10,9 @@ epoch end), the kNN monitor, NaN detection and SIGTERM/SIGINT handling.
 import json
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 import keras
@@ -22,6 +24,7 @@ from tfssl.data.sources import load_source
 from tfssl.errors import UserError
 from tfssl.evaluation import knn
 from tfssl.methods import get_method
+from tfssl.models import precision
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -66,6 +69,25 @@ def make_strategy(name, tpu="", cpu_devices=0):
                     "multi_worker, tpu.")
 
 
+def is_chief(strategy):
+    """Whether this process writes the run (checkpoints, logs, kNN): always, except
+    on the non-chief workers of a multi-worker run."""
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def distributed_pretrain_dataset(strategy, source, specs, config, start_step):
+    """The pretraining stream, split per worker and replica (``pipeline``)."""
+    t = config.train
+
+    def dataset_fn(input_context):
+        return pipeline.pretrain_dataset(
+            source, specs, t.global_batch_size, seed=t.seed, start_step=start_step,
+            num_parallel_calls=config.data.num_parallel_calls,
+            input_context=input_context)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
 def check_run_dir(config):
     """Writes ``config.json``; refuses a directory holding another method's run."""
     os.makedirs(config.model_dir, exist_ok=True)
@@ -82,14 +104,30 @@ def check_run_dir(config):
             raise UserError(
                 f"--model_dir={config.model_dir} holds a {old} run; --method="
                 f"{config.train.method} would overwrite it. Use another --model_dir.")
+        old = previous.get("train", {}).get("mixed_precision", "none")
+        new = config.train.mixed_precision
+        if (old == "mixed_float16") != (new == "mixed_float16") and os.path.isdir(
+                os.path.join(config.model_dir, "checkpoints")):
+            raise UserError(
+                f"--model_dir={config.model_dir} was trained with --mixed_precision="
+                f"{old}; resuming with --mixed_precision={new} cannot restore the "
+                "optimizer (mixed_float16 adds the loss-scale state). Resume with "
+                f"--mixed_precision={old} or use another --model_dir.")
     with open(path, "w") as f:
         f.write(config.to_json())
 
 
 def build_model(config, strategy, steps_per_epoch, mean, std):
-    """The method model, compiled with its optimizer built on online variables."""
+    """The method model, compiled with its optimizer built on online variables.
+
+    Layers are built under the ``--mixed_precision`` dtype policy (the previous
+    global policy is restored afterwards); ``mixed_float16`` wraps the optimizer
+    in a dynamic ``LossScaleOptimizer``.
+    """
+
     method_cls = get_method(config.train.method)
-    with strategy.scope():
+    mixed = config.train.mixed_precision
+    with strategy.scope(), precision.dtype_policy(mixed):
         model = method_cls(config, steps_per_epoch, mean=mean, std=std)
         total = config.total_steps(steps_per_epoch)
         lr = schedules.WarmupCosine(config.learning_rate(), total,
@@ -98,6 +136,7 @@ def build_model(config, strategy, steps_per_epoch, mean, std):
         optimizer = optim.build_optimizer(
             o.optimizer, lr, weight_decay=o.weight_decay, momentum=o.sgd_momentum,
             lars_eta=o.lars_eta)
+        optimizer = precision.loss_scaled(optimizer, mixed)
         model.compile(optimizer=optimizer, jit_compile=False)
         model.build_optimizer_state()
     return model
@@ -184,9 +223,13 @@ def train(config, verbose=1, stop_at_step=None, strategy=None):
 
 
 def _train(config, verbose, stop_at_step, strategy, stop):
-    check_run_dir(config)
     t = config.train
     strategy = strategy or make_strategy(t.strategy, t.tpu, t.cpu_devices)
+    chief = is_chief(strategy)
+    if chief:
+        check_run_dir(config)
+    else:
+        verbose = 0
     source = run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, t.global_batch_size, t.steps_per_epoch)
     if spe < 1:
@@ -194,29 +237,51 @@ def _train(config, verbose, stop_at_step, strategy, stop):
                         f"the {source.num_examples} examples of --dataset="
                         f"{config.data.dataset}.")
     model = build_model(config, strategy, spe, source.mean, source.std)
+
+    # Every worker saves (saving is collective under MultiWorkerMirroredStrategy);
+    # non-chief workers write to a scratch directory removed at the end, and every
+    # worker resumes from the chief's checkpoints.
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+    scratch = None if chief else tempfile.mkdtemp(prefix="tfssl_worker_")
+    manager = tf.train.CheckpointManager(
+        checkpoint, checkpoint_dir if chief else scratch,
+        max_to_keep=t.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    # Checkpoints written before the model counted its steps hold only the
+    # optimizer's count (equal to it without mixed_float16).
+    step = max(int(model.steps_taken.numpy()), int(model.optimizer.iterations.numpy()))
+    model.steps_taken.assign(step)
+    try:
+        return _train_loop(config, verbose, stop_at_step, strategy, stop, chief,
+                           model, manager, source, spe, step)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
+                manager, source, spe, step):
+    t = config.train
     total_steps = config.total_steps(spe)
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(config.model_dir, "checkpoints"),
-        max_to_keep=t.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    step = int(model.optimizer.iterations.numpy())
     summary = {"step": step, "knn_init": None, "knn": None}
-
     knn_sources = None
-    bank_source = run_source(config, "train")
-    if bank_source.num_classes:
+    bank_source = run_source(config, "train") if chief else None
+    if bank_source is not None and bank_source.num_classes:
         knn_sources = (bank_source, run_source(config, config.data.eval_split))
 
     metrics_path = os.path.join(config.model_dir, METRICS_FILE)
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "tb"))
-    dataset = pipeline.pretrain_dataset(
-        source, model.view_specs(), t.global_batch_size, seed=t.seed,
-        start_step=step, num_parallel_calls=config.data.num_parallel_calls)
-    if step == 0:
-        monitoring.write_view_grid(writer, next(iter(dataset)), model.view_specs())
+    if chief:
+        writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "tb"))
+    else:
+        writer = tf.summary.create_noop_writer()
+    if step == 0 and chief:
+        first = pipeline.pretrain_dataset(source, model.view_specs(),
+                                          t.global_batch_size, seed=t.seed).take(1)
+        monitoring.write_view_grid(writer, next(iter(first)), model.view_specs())
     if step == 0 and knn_sources:
         summary["knn_init"] = knn_eval(model.backbone, config, *knn_sources)
         _append_jsonl(metrics_path, {"epoch": 0, "step": 0,
@@ -229,7 +294,8 @@ def _train(config, verbose, stop_at_step, strategy, stop):
               f"{t.global_batch_size}/256 = {config.learning_rate():.5g} (peak); "
               f"{spe} steps/epoch, {total_steps} steps in all.")
 
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(distributed_pretrain_dataset(strategy, source, model.view_specs(),
+                                                 config, step))
     train_function = make_train_function(model, strategy, t.jit_compile)
 
     while step < total_steps:
@@ -248,7 +314,7 @@ def _train(config, verbose, stop_at_step, strategy, stop):
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
-            if step % t.log_every_steps == 0:
+            if step % t.log_every_steps == 0 and chief:
                 with writer.as_default(step=step):
                     for k, v in logs.items():
                         tf.summary.scalar(f"train/{k}", v)
@@ -270,6 +336,9 @@ def _train(config, verbose, stop_at_step, strategy, stop):
         record = {"epoch": epoch + 1, "step": step,
                   **{k: v / max(count, 1) for k, v in sums.items()},
                   "images_per_sec": count * t.global_batch_size / elapsed}
+        if not chief:
+            manager.save(checkpoint_number=step)
+            continue
         due = (t.knn_every_epochs and (epoch + 1) % t.knn_every_epochs == 0)
         if knn_sources and (due or step >= total_steps):
             result = knn_eval(model.backbone, config, *knn_sources)

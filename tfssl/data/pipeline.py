@@ -12,6 +12,13 @@ Pretraining streams are a pure function of ``(seed, start_step)``:
 The example at stream position ``p`` is augmented with seed ``fold_in(seed, p)``
 (views: ``fold_in`` of that by view index), independent of batching, parallelism
 and replica count.
+
+Under ``tf.distribute`` each input pipeline (one per worker) keeps, of every global
+batch, its own contiguous slice: pipeline ``i`` of ``P`` takes positions
+``s·B + i·B/P … s·B + (i+1)·B/P − 1`` of step ``s`` and hands them to its replicas
+in order. A global batch is therefore split across workers and replicas exactly as
+one process would split it, so ``N`` workers train on the same examples, with the
+same augmentation, as a single device with the same global batch.
 """
 
 import tensorflow as tf
@@ -50,8 +57,19 @@ def _index_stream(num_examples, seed, start_position):
     return tf.data.Dataset.zip(positions, stream)
 
 
+def _shard_filter(global_batch_size, pipeline_id, num_pipelines):
+    """Keeps stream positions in pipeline ``pipeline_id``'s slice of each batch."""
+    per_pipeline = global_batch_size // num_pipelines
+
+    def keep(position, *unused):
+        return tf.equal((position % global_batch_size) // per_pipeline, pipeline_id)
+
+    return keep
+
+
 def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
-                     num_parallel_calls=AUTOTUNE, deterministic=True):
+                     num_parallel_calls=AUTOTUNE, deterministic=True,
+                     input_context=None):
     """Batches of views for pretraining.
 
     Args:
@@ -60,12 +78,23 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
       global_batch_size: examples per step over all replicas.
       seed: run seed.
       start_step: first training step this stream feeds (resume).
+      input_context: a ``tf.distribute.InputContext`` (from
+        ``strategy.distribute_datasets_from_function``): the dataset then holds
+        this input pipeline's slice of every global batch, in per-replica batches.
 
     Returns:
       An infinite ``tf.data.Dataset`` of tuples ``(view_0, ..., view_{V-1})``,
-      each ``float32 [B, size_v, size_v, 3]``.
+      each ``float32 [b, size_v, size_v, 3]``; ``b`` is the global batch, or the
+      per-replica batch under ``input_context``.
     """
-    start = int(start_step) * int(global_batch_size)
+    global_batch_size = int(global_batch_size)
+    start = int(start_step) * global_batch_size
+    batch_size, keep = global_batch_size, None
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        if input_context.num_input_pipelines > 1:
+            keep = _shard_filter(global_batch_size, input_context.input_pipeline_id,
+                                 input_context.num_input_pipelines)
     parallel = AUTOTUNE if num_parallel_calls in (None, -1) else num_parallel_calls
     specs = tuple(specs)
 
@@ -75,15 +104,19 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
     if source.in_memory:
         images = tf.constant(source.images)
         ds = _index_stream(source.num_examples, seed, start)
+        if keep is not None:
+            ds = ds.filter(keep)
         ds = ds.map(lambda p, i: make(p, tf.gather(images, i)),
                     num_parallel_calls=parallel, deterministic=deterministic)
     else:
         ds = source.as_dataset().map(lambda ex: ex["image"])
         ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
         ds = ds.repeat().enumerate().skip(start)
+        if keep is not None:  # every worker reads (and decodes) the whole stream
+            ds = ds.filter(keep)
         ds = ds.map(make,
                     num_parallel_calls=parallel, deterministic=deterministic)
-    return ds.batch(global_batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def eval_transform(image, image_size):

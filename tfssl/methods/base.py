@@ -9,7 +9,15 @@ A method subclasses :class:`MomentumMethod` and declares
 * ``view_specs()`` — the views each example is turned into;
 * ``compute_losses(views, step) -> {"loss": ..., "<term>": ...}``;
 * optionally ``after_step(step)`` for periodic in-graph work and
-  ``summaries()`` for extra TensorBoard values.
+  ``summaries()`` for extra TensorBoard values;
+* ``default_batch_norm`` (what ``--batch_norm=auto`` means for it) and, if every
+  momentum-encoder forward pass goes through ``momentum_forward``,
+  ``supports_shuffle_bn = True``.
+
+Mixed precision: layers compute in the run's dtype policy (float16 / bfloat16) on
+float32 variables; everything a method computes from their outputs (normalised
+embeddings, logits, softmax, losses, queues, group features) is float32 because
+``l2_normalize`` and the losses cast their inputs first.
 
 Everything else — the tape, replica loss scaling, the optimizer built on the online
 variables only, the EMA update after the optimizer step, the schedules and the
@@ -20,14 +28,20 @@ import keras
 import tensorflow as tf
 
 from tfssl import schedules
+from tfssl.errors import UserError
 from tfssl.losses import l2_normalize
 from tfssl.methods.memory_bank import MemoryBank, check_queue_size
 from tfssl.methods.momentum import MomentumPair
+from tfssl.methods.shuffle_bn import shuffled_apply
+from tfssl.models import precision
 from tfssl.models.heads import build_mlp
 from tfssl.models.resnet import build_backbone, feature_dim
 from tfssl.registry import Registry
 
 METHODS = Registry("method")
+
+#: Folded into ``(seed, step)`` for the shuffling-BN permutations.
+SHUFFLE_STREAM = 7727
 
 
 def register_method(name):
@@ -54,6 +68,11 @@ class MomentumMethod(keras.Model):
     method_name = ""
     # Whether the projector MLP normalises its hidden layer (MoCo-v2: no).
     projector_batch_norm = True
+    # What --batch_norm=auto means for the method (with more than one replica).
+    default_batch_norm = "sync"
+    # Whether every momentum-encoder forward goes through momentum_forward, so
+    # that --batch_norm=shuffle can shuffle it.
+    supports_shuffle_bn = False
 
     def __init__(self, config, steps_per_epoch, mean=(0.5,) * 3, std=(0.5,) * 3,
                  **kwargs):
@@ -66,20 +85,47 @@ class MomentumMethod(keras.Model):
         self._momentum_pairs = []
         keras.utils.set_random_seed(config.train.seed)
         m = config.model
-        # Keras' synchronized BN path costs ~2x on one device: only use it when
-        # there is something to synchronise.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        self.sync_bn = bool(m.sync_bn and replicas > 1)
+        self.batch_norm = self.batch_norm_mode(m.batch_norm, replicas)
         self.backbone = build_backbone(
             m.backbone, stem=m.stem, width=m.width,
             image_size=config.data.image_size, mean=mean, std=std,
-            sync_bn=self.sync_bn, model_name="backbone")
+            sync_bn=self.batch_norm == "sync", model_name="backbone")
         self.feature_dim = feature_dim(m.backbone, m.width)
         self._momentum_schedule = schedules.momentum_schedule(
             config.train.momentum_schedule, config.train.momentum,
             self.total_steps)
         self.build_heads()
         self._online_variables = None
+        # Steps taken. Equal to optimizer.iterations, except that mixed_float16
+        # skips the update of a step whose gradients overflow; the stream position
+        # and every step-dependent schedule of the method follow this counter, so a
+        # resumed run continues exactly.
+        self.steps_taken = self.add_weight(
+            shape=(), initializer="zeros", dtype="int64", trainable=False,
+            autocast=False, aggregation="only_first_replica", name="steps_taken")
+
+    @classmethod
+    def batch_norm_mode(cls, choice, replicas):
+        """The BN mode of ``--batch_norm=choice`` with ``replicas`` replicas.
+
+        ``"auto"`` is the class's ``default_batch_norm``.  With one replica the mode
+        is always ``"local"`` (plain BN): Keras' synchronised path costs ~2x on one
+        device and there is nothing to synchronise or shuffle.
+
+        Returns:
+          ``"sync"``, ``"shuffle"`` or ``"local"``.
+
+        Raises:
+          UserError: ``shuffle`` for a method that does not support it.
+        """
+        mode = cls.default_batch_norm if choice == "auto" else choice
+        if mode == "shuffle" and not cls.supports_shuffle_bn:
+            raise UserError(
+                f"--batch_norm=shuffle is not available for --method={cls.method_name}"
+                " (it has no momentum-encoder branch to shuffle); use "
+                "--batch_norm=sync, local or auto.")
+        return mode if replicas > 1 else "local"
 
     # -- helpers for subclasses -------------------------------------------------
 
@@ -87,7 +133,7 @@ class MomentumMethod(keras.Model):
             last_bn=False):
         """An MLP head with the run's BN synchronisation setting."""
         return build_mlp(input_dim, hidden_dims, output_dim, batch_norm=batch_norm,
-                         last_bn=last_bn, sync_bn=self.sync_bn,
+                         last_bn=last_bn, sync_bn=self.batch_norm == "sync",
                          model_name=name)
 
     def projector(self, name="projector", last_bn=False):
@@ -115,9 +161,33 @@ class MomentumMethod(keras.Model):
         return MemoryBank(size, dim, seed=self.run_config.train.seed, name=name)
 
     def encode(self, x, backbone, projector, training=True):
-        """``norm(g(f(x)))``: ``[B, H, W, 3]`` -> ``[B, d]``."""
+        """``norm(g(f(x)))``: ``[B, H, W, 3]`` -> float32 ``[B, d]``.
+
+        The projector output (compute dtype) is cast to float32 before the
+        normalisation (``l2_normalize``).
+        """
         return l2_normalize(projector(backbone(x, training=training)["pooled"],
                                       training=training))
+
+    def momentum_forward(self, fn, x, step, index=0):
+        """``fn(x)`` for a momentum-encoder branch (``fn`` = the target networks).
+
+        With ``batch_norm == "shuffle"`` ``fn`` runs on a shuffled chunk of the
+        global batch (:func:`shuffle_bn.shuffled_apply`) seeded by
+        :meth:`shuffle_seed`; ``index`` tells apart the calls of one step.
+        Otherwise this is ``fn(x)``.
+        """
+        if self.batch_norm != "shuffle":
+            return fn(x)
+        return shuffled_apply(fn, x, self.shuffle_seed(step, index))
+
+    def shuffle_seed(self, step, index=0):
+        """``[2]`` stateless seed of the shuffling-BN permutation, a pure function of
+        ``(--seed, step, index)``, identical on every replica."""
+        seed = tf.stack([tf.constant(self.run_config.train.seed, tf.int64),
+                         tf.cast(step, tf.int64)])
+        seed = tf.random.experimental.stateless_fold_in(seed, SHUFFLE_STREAM)
+        return tf.random.experimental.stateless_fold_in(seed, index)
 
     @property
     def momentum_pairs(self):
@@ -168,18 +238,23 @@ class MomentumMethod(keras.Model):
 
     def train_step(self, data):
         views = tuple(data) if isinstance(data, (tuple, list)) else (data,)
-        step = tf.cast(self.optimizer.iterations, tf.int64)
+        step = tf.convert_to_tensor(self.steps_taken)
         variables = self.online_variables
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             terms = self.compute_losses(views, step)
-            scaled = terms["loss"] / replicas
+            # Times the dynamic loss scale under mixed_float16 (identity otherwise);
+            # apply_gradients divides the gradients by it again.
+            scaled = self.optimizer.scale_loss(terms["loss"] / replicas)
         grads = tape.gradient(scaled, variables)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = precision.shared_overflow(grads)
         self.optimizer.apply_gradients(zip(grads, variables))
         momentum = self.momentum_at(step)
         for pair in self._momentum_pairs:
             pair.update(momentum)
         self.after_step(step)
+        self.steps_taken.assign_add(1)
         logs = {k: tf.cast(v, tf.float32) for k, v in terms.items()}
         logs["learning_rate"] = tf.cast(self.optimizer.learning_rate, tf.float32)
         logs["momentum"] = tf.cast(momentum, tf.float32)

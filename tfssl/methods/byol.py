@@ -7,6 +7,8 @@ from m0 to 1) is set by the flagfiles, not here.
 
 import dataclasses
 
+import tensorflow as tf
+
 from tfssl.data import views
 from tfssl.losses import byol_mse
 from tfssl.methods.base import MomentumMethod, register_method
@@ -22,6 +24,7 @@ class BYOLParams:
 class BYOL(MomentumMethod):
     params_cls = BYOLParams
     flag_prefix = "byol_"
+    supports_shuffle_bn = True
 
     def build_heads(self):
         self.proj = self.projector()
@@ -34,16 +37,20 @@ class BYOL(MomentumMethod):
         return views.byol_a(size) + views.byol_b(size)
 
     def _predict(self, x):
+        """``q(g(f(x)))`` in the compute dtype; ``byol_mse`` casts to float32."""
         return self.pred(self.proj(self.backbone(x, training=True)["pooled"],
                                    training=True), training=True)
 
     def _target(self, x):
-        return self.target_proj(
-            self.target_backbone(x, training=True)["pooled"], training=True)
+        """``g_t(f_t(x))``, cast to float32: ``[B, d]``."""
+        z = self.target_proj(self.target_backbone(x, training=True)["pooled"],
+                             training=True)
+        return tf.cast(z, tf.float32)
 
     def compute_losses(self, views_, step):
         x1, x2 = views_
         p1 = self._predict(x1)
-        loss = byol_mse(p1, self._target(x2)) + byol_mse(self._predict(x2),
-                                                         self._target(x1))
+        z2 = self.momentum_forward(self._target, x2, step)
+        z1 = self.momentum_forward(self._target, x1, step, index=1)
+        loss = byol_mse(p1, z2) + byol_mse(self._predict(x2), z1)
         return {"loss": loss, "byol": loss, "embedding_std": embedding_std(p1)}

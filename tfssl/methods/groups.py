@@ -131,7 +131,9 @@ def kmeans_plus_plus(x, k, seed):
     seed is uniform; for each next seed ``2 + ⌊ln K⌋`` candidates are drawn with
     probability ``∝ D`` and the one that lowers ``Σ D`` most is kept (plain
     k-means++ puts two seeds in one cluster often enough that Lloyd cannot always
-    recover).  When every point is already (almost) a seed (``max D < 1e-4``, e.g.
+    recover).  Rows are picked with ``tf.gather``: a tensor index in ``x[i]`` is a
+    compile-time constant for XLA, which would recompile the step for every seed.
+    When every point is already (almost) a seed (``max D < 1e-4``, e.g.
     ``N < K`` at step 0) the remaining seeds are random unit vectors: they stay out
     of the way (cosine ≈ 0 to the data) until the first reset re-groups.
 
@@ -147,9 +149,10 @@ def kmeans_plus_plus(x, k, seed):
     n, d = tf.shape(x)[0], x.shape[-1]
     trials = 2 + int(math.log(k))
     seed = tf.cast(seed, tf.int64)
-    first = tf.random.stateless_uniform([], _fold(seed, 0), maxval=n, dtype=tf.int32)
-    seeds = tf.TensorArray(tf.float32, size=k, element_shape=[d]).write(0, x[first])
-    dist = tf.nn.relu(1.0 - tf.linalg.matvec(x, x[first]))
+    first = tf.gather(x, tf.random.stateless_uniform([], _fold(seed, 0), maxval=n,
+                                                     dtype=tf.int32))
+    seeds = tf.TensorArray(tf.float32, size=k, element_shape=[d]).write(0, first)
+    dist = tf.nn.relu(1.0 - tf.linalg.matvec(x, first))
 
     def body(i, seeds, dist):
         cdf = tf.cumsum(dist)  # inverse-CDF sampling ∝ D: O(N), not O(N·L)
@@ -162,8 +165,8 @@ def kmeans_plus_plus(x, k, seed):
         best = tf.argmin(tf.reduce_sum(new, 0), output_type=tf.int32)
         fallback = l2_normalize(tf.random.stateless_normal([d], _fold(seed, k + i)))
         spent = tf.reduce_max(dist) <= 1e-4
-        c = tf.where(spent, fallback, candidates[best])
-        dist = tf.where(spent, dist, new[:, best])
+        c = tf.where(spent, fallback, tf.gather(candidates, best))
+        dist = tf.where(spent, dist, tf.gather(new, best, axis=1))
         return i + 1, seeds.write(i, c), dist
 
     _, seeds, _ = tf.while_loop(lambda i, *_: i < k, body, (1, seeds, dist))

@@ -5,6 +5,9 @@ enqueued.  With ``--moco_symmetric`` the roles of the views are also swapped and
 two losses averaged; only the keys of ``x2`` are enqueued, so the queue still
 advances one global batch per step (a deviation from MoCo-v3's symmetrisation,
 which has no queue).
+
+BN across replicas defaults to MoCo's shuffling BN of the key encoder
+(``--batch_norm=auto`` = ``shuffle``, :mod:`tfssl.methods.shuffle_bn`).
 """
 
 import dataclasses
@@ -27,6 +30,8 @@ class MoCoV2(MomentumMethod):
     params_cls = MoCoV2Params
     flag_prefix = "moco_"
     projector_batch_norm = False  # MoCo-v2's MLP head is Linear-ReLU-Linear.
+    default_batch_norm = "shuffle"
+    supports_shuffle_bn = True
 
     def build_heads(self):
         self.proj = self.projector()
@@ -37,16 +42,20 @@ class MoCoV2(MomentumMethod):
     def view_specs(self):
         return views.strong(self.run_config.data.image_size) * 2
 
+    def key(self, x):
+        """Keys ``norm(g_t(f_t(x)))``: float32 ``[B, d]``."""
+        return self.encode(x, self.target_backbone, self.target_proj)
+
     def compute_losses(self, views_, step):
         x1, x2 = views_
         tau = self.params.temperature
         negatives = self.queue.read()
         q1 = self.encode(x1, self.backbone, self.proj)
-        k2 = self.encode(x2, self.target_backbone, self.target_proj)
+        k2 = self.momentum_forward(self.key, x2, step)
         loss = info_nce(q1, k2, negatives, tau)
         if self.params.symmetric:
             q2 = self.encode(x2, self.backbone, self.proj)
-            k1 = self.encode(x1, self.target_backbone, self.target_proj)
+            k1 = self.momentum_forward(self.key, x1, step, index=1)
             loss = 0.5 * (loss + info_nce(q2, k1, negatives, tau))
         self.queue.enqueue(k2)
         return {"loss": loss, "info_nce": loss, "embedding_std": embedding_std(q1)}

@@ -68,6 +68,7 @@ def five_crops(image_size):
 class ReSSL(MomentumMethod):
     params_cls = ReSSLParams
     flag_prefix = "ressl_"
+    supports_shuffle_bn = True
 
     def build_heads(self):
         self.proj = self.projector()
@@ -83,8 +84,12 @@ class ReSSL(MomentumMethod):
             return views.weak(size) + five_crops(size)
         return views.weak(size) + views.strong(size)
 
+    def teacher(self, x):
+        """``norm(g_t(f_t(x)))``: float32 ``[B, d]``."""
+        return self.encode(x, self.target_backbone, self.target_proj)
+
     def student(self, x):
-        """``norm(q(g(f(x))))`` (or ``norm(g(f(x)))`` without predictor)."""
+        """``norm(q(g(f(x))))`` (or ``norm(g(f(x)))`` without predictor), float32."""
         z = self.proj(self.backbone(x, training=True)["pooled"], training=True)
         if self.pred is not None:
             z = self.pred(z, training=True)
@@ -93,7 +98,7 @@ class ReSSL(MomentumMethod):
     def compute_losses(self, views_, step):
         weak, students = views_[0], views_[1:]
         p = self.params
-        z_t = self.encode(weak, self.target_backbone, self.target_proj)
+        z_t = self.momentum_forward(self.teacher, weak, step)
         queue = self.queue.read()
         t_logits = _sim(z_t, queue)
         alpha = schedules.warmup_weight(step, p.warmup_steps)

@@ -122,6 +122,7 @@ def cache_rows(params, global_batch):
 class SMoG(MomentumMethod):
     params_cls = SMoGParams
     flag_prefix = "smog_"
+    supports_shuffle_bn = True
 
     def build_heads(self):
         p, m, t = self.params, self.run_config.model, self.run_config.train
@@ -180,6 +181,16 @@ class SMoG(MomentumMethod):
             i = j
         return out
 
+    def _target_embeddings(self, crops, step):
+        """``norm(g_t(f_t(x)))`` per target crop (float32 ``[B, d]`` each); the
+        crops (all global, one size) share one momentum-encoder forward."""
+        def forward(x):
+            return l2_normalize(self.target_proj(
+                self.target_backbone(x, training=True)["pooled"], training=True))
+
+        z = self.momentum_forward(forward, tf.concat(crops, 0), step)
+        return tf.split(z, len(crops))
+
     def _seed(self, step):
         return tf.stack([tf.constant(self.run_config.train.seed, tf.int64),
                          tf.cast(step, tf.int64)])
@@ -203,8 +214,7 @@ class SMoG(MomentumMethod):
         h = self._project(online, self.backbone, self.proj)
         z = [l2_normalize(x) for x in h]
         preds = [self.pred(x, training=True) for x in h]
-        z_t = [l2_normalize(x) for x in
-               self._project(target, self.target_backbone, self.target_proj)]
+        z_t = self._target_embeddings(target, step)
 
         if self.cache is not None:  # view-major, gathered: same rows as one device
             for zg in z[:n_global]:

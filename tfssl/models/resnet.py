@@ -252,7 +252,10 @@ def build_backbone(name: str = "resnet18", *, stem: str = "cifar", width: float 
     Returns:
         ``keras.Model``: ``float32 [B, H, W, 3]`` in ``[0, 1]`` ->
         ``{"pooled": [B, C], "feature_map": [B, h, w, C]}``, ``C = feature_dim(name,
-        width)``; ``h = ceil(H / 8)`` (cifar) or ``ceil(H / 32)`` (imagenet).
+        width)``; ``h = ceil(H / 8)`` (cifar) or ``ceil(H / 32)`` (imagenet). The
+        layers follow the global Keras dtype policy at build time (weights are
+        float32, mixed policies compute in float16 / bfloat16); both outputs are
+        float32.
 
     Raises:
         UserError: unknown ``name`` / ``stem``, non-positive ``width`` or
@@ -284,5 +287,9 @@ def build_backbone(name: str = "resnet18", *, stem: str = "cifar", width: float 
             stride = 2 if (stage > 0 and i == 0) else 1
             x = block(x, planes, stride, f"layer{stage + 1}_{i}")
 
-    pooled = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
+    # Outputs are float32 under any dtype policy (mixed precision computes the
+    # body in float16 / bfloat16): pooling averages in float32, and features that
+    # leave the backbone (kNN, export, probes) have one dtype.
+    x = keras.layers.Activation("linear", dtype="float32", name="to_float32")(x)
+    pooled = keras.layers.GlobalAveragePooling2D(dtype="float32", name="avgpool")(x)
     return keras.Model(inputs, {"pooled": pooled, "feature_map": x}, name=model_name)

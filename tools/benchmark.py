@@ -1,8 +1,10 @@
 """Training-step and input-pipeline throughput of one configuration, as JSON.
 
-    python tools/benchmark.py --flagfile=configs/fashion_mnist/quickstart.flags \
-        [--method=M --backbone=B --width=W --image_size=S --global_batch_size=N \
-         --jit_compile --timed_steps=10 --warmup_steps=3]
+    python tools/benchmark.py --method=M --backbone=B --image_size=S \
+        --global_batch_size=N [--jit_compile] [--mixed_precision=P] \
+        [--flagfile=configs/<dataset>/<method>.flags] [--width=W] \
+        [--synthetic_data] [--threads=T] [--timed_steps=10 --warmup_steps=3] \
+        [--pipeline_batches=20] [--bare_backbone]
 
 Every training flag applies (the run is never written: ``--model_dir`` defaults to a
 temporary directory). Prints one JSON line:
@@ -11,8 +13,21 @@ temporary directory). Prints one JSON line:
   whole step (forward, backward, optimizer, EMA update, queue) on a fixed batch
   already in memory, after ``--warmup_steps`` untimed steps (tracing);
 * ``pipeline_images_per_sec``: source images per second through the real
-  ``tf.data`` view pipeline of the method alone (batches pulled as fast as possible);
-* ``peak_host_memory_mib``: peak resident memory of the process.
+  ``tf.data`` view pipeline of the method alone (batches pulled as fast as possible,
+  ``--num_parallel_calls`` map parallelism; null with ``--pipeline_batches=0``);
+* ``peak_host_memory_mib``: peak resident memory of the process;
+* ``view_specs`` (every field of each view's recipe) and ``config`` (the resolved
+  run configuration), so that another implementation can be set up to do the same
+  work (``tools/compare_pytorch.py`` reads both).
+
+``--synthetic_data`` replaces the dataset by ``--synthetic_examples`` seeded uniform
+random uint8 ``[S, S, 3]`` images held in memory (no files needed; the step is timed
+on a fixed batch anyway, and the augmentation cost does not depend on the content).
+``--threads=T`` sets TensorFlow's intra- and inter-op thread pools to ``T`` before
+any op runs (0: TensorFlow's default, one per core).  ``--bare_backbone`` times the
+backbone alone instead of the method: forward (training mode) + backward of
+``mean(pooled²)`` on a fixed random batch, the gradients consumed by their global
+norm (so that nothing is pruned), no optimizer; ``--jit_compile`` applies to it too.
 """
 
 import os
@@ -36,60 +51,172 @@ FLAGS = flags.FLAGS
 tfssl_flags.define_flags(FLAGS)
 flags.DEFINE_integer("timed_steps", 10, "Timed training steps.")
 flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (tracing, caches).")
-flags.DEFINE_integer("pipeline_batches", 20, "Batches timed through tf.data.")
+flags.DEFINE_integer("pipeline_batches", 20, "Batches timed through tf.data (0: skip "
+                     "the pipeline measurement).")
+flags.DEFINE_bool("synthetic_data", False, "Seeded random uint8 images in memory "
+                  "instead of --dataset.")
+flags.DEFINE_integer("synthetic_examples", 2048, "Images of --synthetic_data (at "
+                     "least --global_batch_size).")
+flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads (0: "
+                     "TensorFlow's default).")
+flags.DEFINE_bool("bare_backbone", False, "Time the backbone's forward + backward "
+                  "alone instead of the method's step.")
+
+
+def synthetic_images(n, size, seed=0):
+    """``n`` seeded uniform random uint8 ``[size, size, 3]`` images (numpy).
+
+    ``tools/_lightly_step.py`` makes the same array for the PyTorch side.
+    """
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3),
+                                                dtype=np.uint8)
+
+
+def synthetic_source(n, size, seed=0):
+    """An in-memory :class:`tfssl.data.sources.Source` of synthetic images."""
+    import numpy as np
+
+    from tfssl.data.sources import Source
+
+    images = synthetic_images(n, size, seed)
+    labels = np.zeros((n,), np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return Source("synthetic", "train", n, num_classes=0,
+                  image_shape=(size, size, 3), mean=(0.5,) * 3, std=(0.5,) * 3,
+                  images=images, labels=labels, make_dataset=None,
+                  notes="tools/benchmark.py --synthetic_data")
+
+
+def set_threads(threads):
+    """TensorFlow intra/inter-op pools (before the runtime starts); returns them."""
+    import tensorflow as tf
+
+    if threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads())
+
+
+def time_calls(fn, warmup, timed):
+    """Runs ``fn`` ``warmup`` times, then returns the wall times of ``timed`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(timed):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def backbone_step_function(backbone, batch, jit_compile):
+    """``fn() -> (loss, grad_norm)``: forward + backward of the bare backbone."""
+    import tensorflow as tf
+
+    variables = backbone.trainable_variables
+
+    @tf.function(jit_compile=jit_compile or None)
+    def step(x):
+        with tf.GradientTape() as tape:
+            pooled = tf.cast(backbone(x, training=True)["pooled"], tf.float32)
+            loss = tf.reduce_mean(tf.square(pooled))
+        grads = tape.gradient(loss, variables)
+        return loss, tf.linalg.global_norm(grads)
+
+    return lambda: [float(v) for v in step(batch)]
 
 
 def main(argv):
+    import dataclasses
     import json
+
+    intra, inter = set_threads(FLAGS.threads)  # before TensorFlow runs any op
 
     import tensorflow as tf
 
     from tfssl.data import pipeline
-    from tfssl.trainer import build_model, make_strategy, make_train_function, run_source
+    from tfssl.errors import UserError
+    from tfssl.trainer import (build_model, make_strategy, make_train_function,
+                               run_source)
 
+    if FLAGS.timed_steps < 1 or FLAGS.warmup_steps < 0 or FLAGS.pipeline_batches < 0:
+        raise UserError("--timed_steps must be >= 1, --warmup_steps and "
+                        "--pipeline_batches >= 0.")
     if not FLAGS.model_dir:
         FLAGS.model_dir = tempfile.mkdtemp(prefix="tfssl_bench_")
     config = tfssl_flags.run_config_from_flags(FLAGS)
     t = config.train
+    size = config.data.image_size
     strategy = make_strategy(t.strategy, t.tpu, t.cpu_devices)
-    source = run_source(config, config.data.pretrain_split)
+    if FLAGS.synthetic_data:
+        if FLAGS.synthetic_examples < t.global_batch_size:
+            raise UserError(f"--synthetic_examples={FLAGS.synthetic_examples} must be "
+                            f">= --global_batch_size={t.global_batch_size}.")
+        source = synthetic_source(FLAGS.synthetic_examples, size, t.seed)
+    else:
+        source = run_source(config, config.data.pretrain_split)
     model = build_model(config, strategy, 1000, source.mean, source.std)
     specs = model.view_specs()
-    dataset = pipeline.pretrain_dataset(source, specs, t.global_batch_size,
-                                        seed=t.seed)
 
-    batches = iter(dataset)
-    next(batches)
-    started = time.perf_counter()
-    for _ in range(FLAGS.pipeline_batches):
+    pipe_rate = None
+    if FLAGS.pipeline_batches and not FLAGS.bare_backbone:
+        dataset = pipeline.pretrain_dataset(
+            source, specs, t.global_batch_size, seed=t.seed,
+            num_parallel_calls=config.data.num_parallel_calls)
+        batches = iter(dataset)
         next(batches)
-    pipe_rate = FLAGS.pipeline_batches * t.global_batch_size / (
-        time.perf_counter() - started)
-
-    fixed = next(iter(dataset))
-    repeated = tf.data.Dataset.from_tensors(fixed).repeat()
-    iterator = iter(strategy.experimental_distribute_dataset(repeated))
-    step = make_train_function(model, strategy, t.jit_compile)
-    for _ in range(FLAGS.warmup_steps):
-        float(step(iterator)["loss"])
-    times = []
-    for _ in range(FLAGS.timed_steps):
         started = time.perf_counter()
-        float(step(iterator)["loss"])
-        times.append(time.perf_counter() - started)
+        for _ in range(FLAGS.pipeline_batches):
+            next(batches)
+        pipe_rate = FLAGS.pipeline_batches * t.global_batch_size / (
+            time.perf_counter() - started)
+
+    if FLAGS.bare_backbone:
+        if strategy.num_replicas_in_sync > 1:
+            raise UserError("--bare_backbone times one device: leave --strategy at "
+                            "default.")
+        batch = tf.random.stateless_uniform([t.global_batch_size, size, size, 3],
+                                            [t.seed, 1])
+        fn = backbone_step_function(model.backbone, batch, t.jit_compile)
+    else:
+        fixed = next(iter(pipeline.pretrain_dataset(
+            source, specs, t.global_batch_size, seed=t.seed,
+            num_parallel_calls=config.data.num_parallel_calls)))
+        repeated = tf.data.Dataset.from_tensors(fixed).repeat()
+        iterator = iter(strategy.experimental_distribute_dataset(repeated))
+        step = make_train_function(model, strategy, t.jit_compile)
+
+        def fn():
+            return float(step(iterator)["loss"])
+
+    times = time_calls(fn, FLAGS.warmup_steps, FLAGS.timed_steps)
     median = statistics.median(times)
     record = {
+        "side": "tfssl", "mode": "backbone" if FLAGS.bare_backbone else "step",
         "method": t.method, "backbone": config.model.backbone,
-        "width": config.model.width, "image_size": config.data.image_size,
+        "stem": config.model.stem, "width": config.model.width, "image_size": size,
         "views": [s.size for s in specs], "global_batch_size": t.global_batch_size,
         "replicas": strategy.num_replicas_in_sync, "jit_compile": t.jit_compile,
-        "threads": os.cpu_count(), "timed_steps": FLAGS.timed_steps,
+        "mixed_precision": getattr(t, "mixed_precision", None),
+        "synthetic_data": FLAGS.synthetic_data,
+        "threads": FLAGS.threads or os.cpu_count(), "intra_op_threads": intra,
+        "inter_op_threads": inter, "cpu_count": os.cpu_count(),
+        "num_parallel_calls": config.data.num_parallel_calls,
+        "timed_steps": FLAGS.timed_steps, "warmup_steps": FLAGS.warmup_steps,
         "step_seconds_median": round(median, 4),
         "step_seconds_min": round(min(times), 4),
+        "step_seconds": [round(x, 4) for x in times],
         "train_images_per_sec": round(t.global_batch_size / median, 1),
-        "pipeline_images_per_sec": round(pipe_rate, 1),
+        "pipeline_images_per_sec": None if pipe_rate is None else round(pipe_rate, 1),
         "peak_host_memory_mib": round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "tensorflow": tf.__version__,
+        "view_specs": [dataclasses.asdict(s) for s in specs],
+        "config": config.to_dict(),
     }
     print(json.dumps(record))
 

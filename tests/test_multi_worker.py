@@ -10,7 +10,6 @@ model's variables agree.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -24,16 +23,8 @@ from tfssl import trainer
 METHODS = ("ressl", "smog")  # a queue and group features
 TIMEOUT_S = 300
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from scaling import free_ports  # noqa: E402  (tools/scaling.py launches workers too)
 
 
 def run_workers(tmp_path):

@@ -1,7 +1,5 @@
-"""Every method's whole training step compiles with XLA (static shapes, traced and
-compiled once) and matches the plain graph step: the TPU-readiness check on CPU."""
-
-import time
+"""Every method's whole training step compiles with XLA (static shapes, traced once)
+and matches the plain graph step: the TPU-readiness check on CPU."""
 
 import numpy as np
 import pytest
@@ -24,18 +22,14 @@ RANDOM_RESULTS = {"smog": ("group_features/groups",)}
 
 
 def run(model, batches, jit_compile):
-    """One train function over ``batches``: (function, logs, seconds per call)."""
+    """One train function over ``batches``: (function, logs per call)."""
     views = tuple(np.stack([b[i] for b in batches]) for i in range(len(batches[0])))
     dataset = tf.data.Dataset.from_tensor_slices(views)
     assert all(spec.shape.is_fully_defined() for spec in dataset.element_spec)
     iterator = iter(dataset)
     fn = make_train_function(model, STRATEGY, jit_compile=jit_compile)
-    logs, seconds = [], []
-    for _ in batches:
-        start = time.perf_counter()
-        logs.append({k: float(v) for k, v in fn(iterator).items()})
-        seconds.append(time.perf_counter() - start)
-    return fn, logs, seconds
+    logs = [{k: float(v) for k, v in fn(iterator).items()} for _ in batches]
+    return fn, logs
 
 
 @pytest.mark.parametrize("method", METHODS.names())
@@ -49,13 +43,13 @@ def test_xla_step_compiles_once_and_matches_the_graph_step(tmp_path, method):
     for v, w in zip(xla.weights, graph.weights):
         v.assign(w)
 
-    _, expected, _ = run(graph, batches, jit_compile=False)
-    fn, logs, seconds = run(xla, batches, jit_compile=True)
+    _, expected = run(graph, batches, jit_compile=False)
+    fn, logs = run(xla, batches, jit_compile=True)
 
-    # Traced once, and XLA compiled once: a value-dependent compile-time constant
-    # (e.g. a tensor index in x[i]) would recompile, costing as much as step 0.
+    # Traced once (static shapes). An XLA recompile per step (a value-dependent
+    # compile-time constant such as a tensor index in x[i]) is not timed here —
+    # tests hold no speed targets; tools/benchmark.py's step times show it.
     assert fn.experimental_get_tracing_count() == 1
-    assert max(seconds[1:]) < 0.5 * seconds[0], seconds
     for a, b in zip(expected, logs):
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key

@@ -101,7 +101,23 @@ def test_commands_pass_the_same_settings():
     for flag in ("--mode=step", "--method=byol", "--batch=32", "--threads=3",
                  "--steps=4", "--warmup=1", "--spec_json=/tmp/spec.json"):
         assert flag in theirs
+    assert "--mixed_precision=none" in ours and "--autocast=none" in theirs
     assert compare.child_env(3)["OMP_NUM_THREADS"] == "3"
+
+
+def test_mixed_precision_reaches_both_sides():
+    a = compare.parse_args(["--mixed_precision=mixed_bfloat16"])
+    assert "--mixed_precision=mixed_bfloat16" in compare.ours_command(a, "smog", "py")
+    assert "--mixed_precision=mixed_bfloat16" in compare.ours_command(
+        a, "smog", "py", bare_backbone=True, jit_compile=True)
+    for mode in ("step", "backbone"):
+        assert "--autocast=bfloat16" in compare.theirs_command(a, "smog", "py", mode)
+    assert not any(x.startswith("--autocast") for x in
+                   compare.theirs_command(a, "smog", "py", "pipeline"))
+    assert lightly_step.parse_args(["--autocast=bfloat16"]).autocast == "bfloat16"
+    assert lightly_step.parse_args([]).autocast == "none"
+    with pytest.raises(SystemExit):  # float16 on a CPU: not offered
+        compare.parse_args(["--mixed_precision=mixed_float16"])
 
 
 def test_lightly_settings_follow_the_record():

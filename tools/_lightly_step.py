@@ -194,6 +194,9 @@ def parse_args(argv=None):
     p.add_argument("--synthetic_examples", type=int, default=2048)
     p.add_argument("--channels_last", action="store_true",
                    help="torch.channels_last memory format (not lightly's default).")
+    p.add_argument("--autocast", choices=("none", "bfloat16"), default="none",
+                   help="torch.autocast('cpu', dtype) around the forward passes and "
+                   "the loss (ours: --mixed_precision=mixed_bfloat16).")
     return p.parse_args(argv)
 
 
@@ -268,8 +271,20 @@ def momentum_at(s, step):
     return s["momentum"]
 
 
-def make_step(s, channels_last=False):
-    """``(step(i) -> loss float, model)`` for ``s["method"]`` on a fixed batch."""
+def autocast_context(autocast):
+    """A no-argument context factory: bfloat16 autocast on the CPU, or nothing."""
+    import contextlib
+
+    import torch
+
+    if autocast == "bfloat16":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def make_step(s, channels_last=False, autocast="none"):
+    """``(step(i) -> loss float, model)`` for ``s["method"]`` on a fixed batch; the
+    forward passes and the loss under ``autocast`` (backward and optimizer outside)."""
     import torch
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.models.modules import (BYOLPredictionHead, BYOLProjectionHead,
@@ -307,6 +322,8 @@ def make_step(s, channels_last=False):
         x = x.contiguous(memory_format=torch.channels_last)
     views = (x[:s["batch"]].clone(), x[s["batch"]:].clone())
 
+    amp = autocast_context(autocast)
+
     def move(step):
         m = momentum_at(s, step)
         update_momentum(backbone, backbone_m, m)
@@ -325,20 +342,24 @@ def make_step(s, channels_last=False):
 
         def step(i):
             move(i)
-            query = proj(backbone(views[0]))
-            key = proj_m(backbone_m(views[1])).detach()
-            return finish(criterion(query, key))
+            with amp():
+                query = proj(backbone(views[0]))
+                key = proj_m(backbone_m(views[1])).detach()
+                loss = criterion(query, key)
+            return finish(loss)
 
     elif method == "byol":
         criterion = NegativeCosineSimilarity()
 
         def step(i):
             move(i)
-            p0 = pred(proj(backbone(views[0])))
-            z0 = proj_m(backbone_m(views[0])).detach()
-            p1 = pred(proj(backbone(views[1])))
-            z1 = proj_m(backbone_m(views[1])).detach()
-            return finish(0.5 * (criterion(p0, z1) + criterion(p1, z0)))
+            with amp():
+                p0 = pred(proj(backbone(views[0])))
+                z0 = proj_m(backbone_m(views[0])).detach()
+                p1 = pred(proj(backbone(views[1])))
+                z1 = proj_m(backbone_m(views[1])).detach()
+                loss = 0.5 * (criterion(p0, z1) + criterion(p1, z0))
+            return finish(loss)
 
     else:
         groups = nn.functional.normalize(torch.rand(s["n_groups"], s["proj_dim"]),
@@ -351,23 +372,26 @@ def make_step(s, channels_last=False):
         def step(i):
             x0, x1 = views if i % 2 == 0 else views[::-1]
             move(i)
-            x0_encoded = proj(backbone(x0))
-            x0_predicted = pred(x0_encoded)
-            x1_encoded = proj_m(backbone_m(x1))
-            assignments = smog.assign_groups(x1_encoded)
-            group_features = smog.get_updated_group_features(x0_encoded)
-            logits = smog(x0_predicted, group_features, temperature=s["temperature"])
-            smog.set_group_features(group_features)
-            loss = criterion(logits, assignments)
-            cache(x0_encoded, update=True)
+            with amp():
+                x0_encoded = proj(backbone(x0))
+                x0_predicted = pred(x0_encoded)
+                x1_encoded = proj_m(backbone_m(x1))
+                assignments = smog.assign_groups(x1_encoded)
+                group_features = smog.get_updated_group_features(x0_encoded)
+                logits = smog(x0_predicted, group_features,
+                              temperature=s["temperature"])
+                smog.set_group_features(group_features)
+                loss = criterion(logits, assignments)
+                cache(x0_encoded, update=True)
             return finish(loss)
 
     return step, model
 
 
-def make_backbone_step(s, channels_last=False):
-    """Bare backbone: forward (training mode) + backward of ``mean(pooled²)``, the
-    gradients consumed by their global norm, no optimizer (as benchmark.py's)."""
+def make_backbone_step(s, channels_last=False, autocast="none"):
+    """Bare backbone: forward (training mode, under ``autocast``) + backward of
+    ``mean(pooled²)``, the gradients consumed by their global norm, no optimizer (as
+    benchmark.py's)."""
     import torch
 
     torch.manual_seed(s["seed"])
@@ -378,9 +402,11 @@ def make_backbone_step(s, channels_last=False):
         backbone = backbone.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     params = [p for p in backbone.parameters() if p.requires_grad]
+    amp = autocast_context(autocast)
 
     def step(i):
-        loss = backbone(x).square().mean()
+        with amp():
+            loss = backbone(x).float().square().mean()
         loss.backward()
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         for p in params:
@@ -492,7 +518,8 @@ def main(argv=None):
            "backbone": s["backbone"], "stem": s["stem"], "image_size": s["image_size"],
            "global_batch_size": s["batch"], "threads": args.threads,
            "intra_op_threads": intra, "inter_op_threads": inter,
-           "channels_last": args.channels_last, "torch": torch.__version__,
+           "channels_last": args.channels_last, "autocast": args.autocast,
+           "torch": torch.__version__,
            "torchvision": torchvision.__version__, "lightly": lightly.__version__}
     if args.mode == "pipeline":
         specs = (record or {}).get("view_specs") or default_view_specs(
@@ -504,9 +531,9 @@ def main(argv=None):
                    pipeline_images_per_sec=round(rate, 1))
     else:
         if args.mode == "backbone":
-            step, _ = make_backbone_step(s, args.channels_last)
+            step, _ = make_backbone_step(s, args.channels_last, args.autocast)
         else:
-            step, _ = make_step(s, args.channels_last)
+            step, _ = make_step(s, args.channels_last, args.autocast)
         times = time_calls(step, args.warmup, args.steps)
         median = statistics.median(times)
         out.update(timed_steps=args.steps, warmup_steps=args.warmup,

@@ -3,7 +3,7 @@
     python tools/compare_pytorch.py [--methods=moco_v2,byol,smog] [--batch=64]
         [--image_size=32] [--threads=2] [--steps=10] [--warmup=3] [--rounds=2]
         [--venv=.venv-compare] [--skip_pipeline] [--skip_backbone]
-        [--pipeline_batches=20] [--no-jit_compile]
+        [--pipeline_batches=20] [--no-jit_compile] [--mixed_precision=mixed_bfloat16]
 
 Run it with the project's Python (``.venv/bin/python``; it imports nothing heavy
 itself). It creates the compare venv if missing (``python -m venv`` + ``pip install
@@ -24,7 +24,12 @@ versions, about 5.5 GB) and then, for each round and each method, alternates
   ``DataLoader(num_workers=T)``.
 
 Then, as a reference row, the bare backbone (ResNet of the flagfiles, CIFAR stem)
-forward + backward: ours plain, theirs, ours with XLA. Every child is a separate
+forward + backward: ours plain, theirs, ours with XLA.
+``--mixed_precision=mixed_bfloat16`` runs both sides in bfloat16 compute: ours with
+``--mixed_precision=mixed_bfloat16`` (float32 variables, losses, softmax, queues),
+theirs under ``torch.autocast("cpu", dtype=torch.bfloat16)`` around the forward
+passes and the loss (backward and optimizer outside it, float32 parameters).
+Every child is a separate
 process with ``OMP_NUM_THREADS=T`` (TensorFlow: intra- and inter-op pools ``T``;
 torch: ``set_num_threads(T)``, ``set_num_interop_threads(T)``). The medians over
 rounds are printed as a table (ratio = ours / theirs: above 1, ours is faster) and
@@ -50,6 +55,8 @@ BENCHMARK = os.path.join(TOOLS, "benchmark.py")
 LIGHTLY_STEP = os.path.join(TOOLS, "_lightly_step.py")
 REQUIREMENTS = os.path.join(TOOLS, "compare_requirements.txt")
 METHODS = ("moco_v2", "byol", "smog")
+#: ours' --mixed_precision -> theirs' --autocast
+MIXED_PRECISION = {"none": "none", "mixed_bfloat16": "bfloat16"}
 STAMP = ".compare-requirements.sha256"
 
 
@@ -111,6 +118,9 @@ def parse_args(argv=None):
     _bool_flag(p, "skip_pipeline", False, "Leave out the input pipelines.")
     _bool_flag(p, "skip_backbone", False, "Leave out the bare backbone row.")
     _bool_flag(p, "channels_last", False, "Theirs in torch.channels_last.")
+    p.add_argument("--mixed_precision", choices=MIXED_PRECISION, default="none",
+                   help="Both sides' compute dtype: ours --mixed_precision, theirs "
+                   "torch.autocast (bfloat16).")
     args = p.parse_args(argv)
     if args.synthetic_examples < args.batch:
         p.error(f"--synthetic_examples={args.synthetic_examples} must be >= "
@@ -236,7 +246,8 @@ def ours_command(args, method, python, bare_backbone=False, jit_compile=None):
            f"--global_batch_size={args.batch}", f"--image_size={args.image_size}",
            f"--threads={args.threads}", f"--num_parallel_calls={args.threads}",
            f"--timed_steps={args.steps}", f"--warmup_steps={args.warmup}",
-           "--jit_compile" if jit else "--nojit_compile"]
+           "--jit_compile" if jit else "--nojit_compile",
+           f"--mixed_precision={args.mixed_precision}"]
     if bare_backbone:
         cmd.append("--bare_backbone")
     if bare_backbone or args.skip_pipeline:
@@ -257,6 +268,8 @@ def theirs_command(args, method, python, mode, spec_path=None):
         cmd.append(f"--spec_json={spec_path}")
     if args.channels_last:
         cmd.append("--channels_last")
+    if mode != "pipeline":
+        cmd.append(f"--autocast={MIXED_PRECISION[args.mixed_precision]}")
     return cmd
 
 
@@ -410,7 +423,8 @@ def main(argv=None):
     setting = {"batch": args.batch, "image_size": args.image_size,
                "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                "rounds": args.rounds, "jit_compile": args.jit_compile,
-               "channels_last": args.channels_last}
+               "channels_last": args.channels_last,
+               "mixed_precision": args.mixed_precision}
     versions = {}
     for m in args.methods:
         for rec in runs[m]["theirs"][:1] + runs[m]["ours"][:1]:
@@ -420,7 +434,8 @@ def main(argv=None):
     print(f"batch {args.batch}, {args.image_size} px, {args.threads} threads, "
           f"median of {args.steps} timed steps after {args.warmup}, median over "
           f"{args.rounds} round(s); ours {'with' if args.jit_compile else 'without'} "
-          f"XLA; ratio = ours / theirs. " + ", ".join(
+          f"XLA; compute {'bfloat16' if args.mixed_precision != 'none' else 'float32'}"
+          f"; ratio = ours / theirs. " + ", ".join(
               f"{k} {v}" for k, v in sorted(versions.items())))
     print()
     print(summary_tables(summaries, backbone))

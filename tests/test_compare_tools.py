@@ -29,7 +29,7 @@ def test_parse_args_defaults_and_overrides():
     assert a.methods == ["moco_v2", "byol", "smog"]
     assert (a.batch, a.image_size, a.threads, a.steps, a.warmup, a.rounds) == (
         64, 32, 2, 10, 3, 2)
-    assert a.jit_compile and not a.skip_pipeline and not a.skip_backbone
+    assert not a.jit_compile and not a.skip_pipeline and not a.skip_backbone
     assert a.venv.endswith(".venv-compare")
     a = compare.parse_args(["--methods=smog,byol", "--batch=8", "--nojit_compile",
                             "--skip_pipeline", "--steps=2", "--warmup=0",
@@ -37,6 +37,7 @@ def test_parse_args_defaults_and_overrides():
     assert a.methods == ["smog", "byol"] and a.batch == 8 and a.warmup == 0
     assert not a.jit_compile and a.skip_pipeline and a.venv == "/tmp/v"
     assert not compare.parse_args(["--no-jit_compile"]).jit_compile
+    assert compare.parse_args(["--jit_compile"]).jit_compile
 
 
 @pytest.mark.parametrize("argv", [["--methods=simclr"], ["--batch=0"],
@@ -86,7 +87,8 @@ def test_summaries_and_table():
 
 
 def test_commands_pass_the_same_settings():
-    a = compare.parse_args(["--batch=32", "--threads=3", "--steps=4", "--warmup=1"])
+    a = compare.parse_args(["--batch=32", "--threads=3", "--steps=4", "--warmup=1",
+                            "--jit_compile"])
     ours = compare.ours_command(a, "byol", "python")
     assert any(x.endswith("configs/cifar10/byol.flags") for x in ours)
     for flag in ("--synthetic_data", "--global_batch_size=32", "--threads=3",
@@ -174,6 +176,7 @@ def test_benchmark_synthetic_data_json():
         assert key in record, key
     assert record["train_images_per_sec"] > 0 and record["pipeline_images_per_sec"] > 0
     assert record["synthetic_data"] and record["threads"] == 1
+    assert record["onednn"] is True  # tfssl's default, inherited by the child
     assert record["intra_op_threads"] == 1 and record["inter_op_threads"] == 1
     assert record["views"] == [16, 16] and record["global_batch_size"] == 8
     assert record["config"]["train"]["method"] == "moco_v2"

@@ -113,6 +113,16 @@ def time_calls(fn, warmup, timed):
     return times
 
 
+def onednn_enabled():
+    """Whether TensorFlow's CPU ops run oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS``;
+    tfssl turns them on unless the environment says 0)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow without the query
+        return None
+
+
 def backbone_step_function(backbone, batch, jit_compile):
     """``fn() -> (loss, grad_norm)``: forward + backward of the bare backbone."""
     import tensorflow as tf
@@ -214,7 +224,7 @@ def main(argv):
         "pipeline_images_per_sec": None if pipe_rate is None else round(pipe_rate, 1),
         "peak_host_memory_mib": round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "tensorflow": tf.__version__,
+        "tensorflow": tf.__version__, "onednn": onednn_enabled(),
         "view_specs": [dataclasses.asdict(s) for s in specs],
         "config": config.to_dict(),
     }

@@ -3,7 +3,7 @@
     python tools/compare_pytorch.py [--methods=moco_v2,byol,smog] [--batch=64]
         [--image_size=32] [--threads=2] [--steps=10] [--warmup=3] [--rounds=2]
         [--venv=.venv-compare] [--skip_pipeline] [--skip_backbone]
-        [--pipeline_batches=20] [--no-jit_compile] [--mixed_precision=mixed_bfloat16]
+        [--pipeline_batches=20] [--jit_compile] [--mixed_precision=mixed_bfloat16]
 
 Run it with the project's Python (``.venv/bin/python``; it imports nothing heavy
 itself). It creates the compare venv if missing (``python -m venv`` + ``pip install
@@ -12,7 +12,8 @@ versions, about 5.5 GB) and then, for each round and each method, alternates
 
 * ours: ``tools/benchmark.py --flagfile=configs/cifar10/<method>.flags
   --synthetic_data --global_batch_size=B --image_size=S --threads=T
-  --num_parallel_calls=T [--jit_compile]`` in the project venv: the whole step on
+  --num_parallel_calls=T [--jit_compile]`` in the project venv (oneDNN kernels
+  unless ``TF_ENABLE_ONEDNN_OPTS=0`` is set): the whole step on
   a fixed in-memory batch, median of ``--steps`` after ``--warmup``; and the
   method's ``tf.data`` views over the same synthetic images with ``T`` parallel
   map calls;
@@ -114,7 +115,8 @@ def parse_args(argv=None):
                    help="Where <method>.flags are read from.")
     p.add_argument("--timeout", type=_positive, default=3600,
                    help="Seconds allowed to one child process.")
-    _bool_flag(p, "jit_compile", True, "Ours with XLA (the method steps).")
+    _bool_flag(p, "jit_compile", False, "Ours with XLA (the method steps; default: "
+               "TensorFlow's graph with oneDNN kernels, faster on CPUs).")
     _bool_flag(p, "skip_pipeline", False, "Leave out the input pipelines.")
     _bool_flag(p, "skip_backbone", False, "Leave out the bare backbone row.")
     _bool_flag(p, "channels_last", False, "Theirs in torch.channels_last.")

@@ -184,3 +184,49 @@ def test_benchmark_synthetic_data_json():
         **record["config"], "model": {**record["config"]["model"], "width": 1.0}}}
     )["queue_size"] == 64
     json.dumps(record)
+
+
+profile_step = _load("profile_step")
+
+
+def test_profile_step_classifies_trace_events():
+    def c(name):
+        return profile_step.classify(name, {"backbone", "target_backbone"})
+
+    assert c("StatefulPartitionedCall/gradient_tape/backbone_1/layer4_0_conv2_1/"
+             "convolution/Conv2DBackpropFilter:_MklNativeConv2DBackpropFilter") == (
+        "gradient backbone", "Conv2DBackpropFilter")
+    assert c("StatefulPartitionedCall/target_backbone_3/stem_conv_1/convolution:"
+             "_MklNativePadWithConv2D") == ("forward target_backbone", "PadWithConv2D")
+    assert c("StatefulPartitionedCall/AddN_18:AddN") == ("forward step", "AddN")
+    assert c("StatefulPartitionedCall/gradient_tape/l2_normalize/Sum:Sum") == (
+        "gradient step", "Sum")
+    assert c("IteratorGetNext:IteratorGetNext") == ("outside step", "IteratorGetNext")
+    assert c("ExecutorState::Process") is None and c("train_function") is None
+
+
+def test_profile_step_splits_a_moco_step_by_part():
+    """A tiny MoCo-v2 step traced: the online backbone has forward and gradient
+    ops, the momentum (target) backbone forward ops only."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "profile_step.py"),
+           "--method=moco_v2", "--backbone=resnet10", "--width=0.125",
+           "--global_batch_size=8", "--image_size=16", "--queue_size=64",
+           "--proj_hidden_dim=32", "--proj_dim=16", "--timed_steps=1",
+           "--warmup_steps=1", "--synthetic_data", "--synthetic_examples=64",
+           "--threads=1", "--num_parallel_calls=1"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = compare.parse_json_line(done.stdout)
+    parts = record["by_part_ms"]
+    assert record["profile"] == "moco_v2" and record["step_seconds_median"] > 0
+    for part in ("forward backbone", "gradient backbone", "forward target_backbone",
+                 "forward projector", "gradient projector", "forward step"):
+        assert parts.get(part, 0) > 0, (part, parts)
+    assert "gradient target_backbone" not in parts
+    assert set(parts) <= {f"{d} {p}" for d in ("forward", "gradient") for p in (
+        "backbone", "target_backbone", "projector", "target_projector", "queue",
+        "momentum_sgd", "step")} | {"outside step"}, parts
+    assert abs(sum(parts.values()) - record["op_ms_per_step"]) < 0.1
+    assert any(op.startswith("Conv2D") for op in record["by_op_ms"])

@@ -140,6 +140,38 @@ def backbone_step_function(backbone, batch, jit_compile):
     return lambda: [float(v) for v in step(batch)]
 
 
+def benchmark_source(config):
+    """The images the run reads: ``--synthetic_data`` or the configured dataset."""
+    from tfssl.errors import UserError
+    from tfssl.trainer import run_source
+
+    t = config.train
+    if not FLAGS.synthetic_data:
+        return run_source(config, config.data.pretrain_split)
+    if FLAGS.synthetic_examples < t.global_batch_size:
+        raise UserError(f"--synthetic_examples={FLAGS.synthetic_examples} must be "
+                        f">= --global_batch_size={t.global_batch_size}.")
+    return synthetic_source(FLAGS.synthetic_examples, config.data.image_size, t.seed)
+
+
+def fixed_batch_step(model, strategy, config, source):
+    """``fn() -> loss``: the method's whole distributed training step on one fixed
+    batch of its views (made once by the input pipeline), as ``tfssl.train`` runs it."""
+    import tensorflow as tf
+
+    from tfssl.data import pipeline
+    from tfssl.trainer import make_train_function
+
+    t = config.train
+    fixed = next(iter(pipeline.pretrain_dataset(
+        source, model.view_specs(), t.global_batch_size, seed=t.seed,
+        num_parallel_calls=config.data.num_parallel_calls)))
+    repeated = tf.data.Dataset.from_tensors(fixed).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(repeated))
+    step = make_train_function(model, strategy, t.jit_compile)
+    return lambda: float(step(iterator)["loss"])
+
+
 def main(argv):
     import dataclasses
     import json
@@ -150,8 +182,7 @@ def main(argv):
 
     from tfssl.data import pipeline
     from tfssl.errors import UserError
-    from tfssl.trainer import (build_model, make_strategy, make_train_function,
-                               run_source)
+    from tfssl.trainer import build_model, make_strategy
 
     if FLAGS.timed_steps < 1 or FLAGS.warmup_steps < 0 or FLAGS.pipeline_batches < 0:
         raise UserError("--timed_steps must be >= 1, --warmup_steps and "
@@ -162,13 +193,7 @@ def main(argv):
     t = config.train
     size = config.data.image_size
     strategy = make_strategy(t.strategy, t.tpu, t.cpu_devices)
-    if FLAGS.synthetic_data:
-        if FLAGS.synthetic_examples < t.global_batch_size:
-            raise UserError(f"--synthetic_examples={FLAGS.synthetic_examples} must be "
-                            f">= --global_batch_size={t.global_batch_size}.")
-        source = synthetic_source(FLAGS.synthetic_examples, size, t.seed)
-    else:
-        source = run_source(config, config.data.pretrain_split)
+    source = benchmark_source(config)
     model = build_model(config, strategy, 1000, source.mean, source.std)
     specs = model.view_specs()
 
@@ -193,15 +218,7 @@ def main(argv):
                                             [t.seed, 1])
         fn = backbone_step_function(model.backbone, batch, t.jit_compile)
     else:
-        fixed = next(iter(pipeline.pretrain_dataset(
-            source, specs, t.global_batch_size, seed=t.seed,
-            num_parallel_calls=config.data.num_parallel_calls)))
-        repeated = tf.data.Dataset.from_tensors(fixed).repeat()
-        iterator = iter(strategy.experimental_distribute_dataset(repeated))
-        step = make_train_function(model, strategy, t.jit_compile)
-
-        def fn():
-            return float(step(iterator)["loss"])
+        fn = fixed_batch_step(model, strategy, config, source)
 
     times = time_calls(fn, FLAGS.warmup_steps, FLAGS.timed_steps)
     median = statistics.median(times)

@@ -4,8 +4,9 @@
         --synthetic_data --global_batch_size=64 --image_size=32 --threads=2 \
         [--timed_steps=3 --warmup_steps=3] [--top=12] [--profile_dir=DIR]
 
-Builds the step exactly as ``tools/benchmark.py`` does (every training flag
-applies; put ``--flagfile`` first, later flags override it), runs
+Builds the step exactly as ``tools/benchmark.py`` does, with its flags (every
+training flag applies; put ``--flagfile`` first, later flags override it;
+``--pipeline_batches`` and ``--bare_backbone`` do not apply here), runs
 ``--warmup_steps``, times ``--timed_steps`` (median wall seconds, as the benchmark),
 then traces as many more with ``tf.profiler`` and sums the executed ops' durations
 from the trace, per step:
@@ -109,12 +110,11 @@ def main(argv):
 
     import tensorflow as tf
 
-    from tfssl.data import pipeline
     from tfssl.errors import UserError
-    from tfssl.trainer import build_model, make_strategy, make_train_function, run_source
+    from tfssl.trainer import build_model, make_strategy
 
-    if FLAGS.timed_steps < 1 or FLAGS.warmup_steps < 0:
-        raise UserError("--timed_steps must be >= 1 and --warmup_steps >= 0.")
+    if FLAGS.timed_steps < 1 or FLAGS.warmup_steps < 0 or FLAGS.top < 1:
+        raise UserError("--timed_steps and --top must be >= 1, --warmup_steps >= 0.")
     if not FLAGS.model_dir:
         FLAGS.model_dir = tempfile.mkdtemp(prefix="tfssl_profile_")
     config = benchmark.tfssl_flags.run_config_from_flags(FLAGS)
@@ -123,23 +123,9 @@ def main(argv):
         raise UserError("profile_step.py traces the op-by-op graph; XLA fuses the step "
                         "into clusters it cannot attribute. Drop --jit_compile.")
     strategy = make_strategy(t.strategy, t.tpu, t.cpu_devices)
-    if FLAGS.synthetic_data:
-        source = benchmark.synthetic_source(max(FLAGS.synthetic_examples,
-                                                t.global_batch_size),
-                                            config.data.image_size, t.seed)
-    else:
-        source = run_source(config, config.data.pretrain_split)
+    source = benchmark.benchmark_source(config)
     model = build_model(config, strategy, 1000, source.mean, source.std)
-    fixed = next(iter(pipeline.pretrain_dataset(
-        source, model.view_specs(), t.global_batch_size, seed=t.seed,
-        num_parallel_calls=config.data.num_parallel_calls)))
-    iterator = iter(strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors(fixed).repeat()))
-    step = make_train_function(model, strategy, False)
-
-    def fn():
-        return float(step(iterator)["loss"])
-
+    fn = benchmark.fixed_batch_step(model, strategy, config, source)
     wall = statistics.median(benchmark.time_calls(fn, FLAGS.warmup_steps,
                                                   FLAGS.timed_steps))
     trace_dir = FLAGS.profile_dir or tempfile.mkdtemp(prefix="tfssl_trace_")

@@ -138,6 +138,8 @@ def main(argv):
     parts = {layer.name for layer in model.layers} | {model.optimizer.name}
     by_part, by_op = op_times(trace_dir, FLAGS.timed_steps, parts)
     total = sum(by_part.values())
+    if total <= 0:
+        raise RuntimeError(f"the trace under {trace_dir} holds no TensorFlow op events")
 
     print(f"{t.method}: {wall:.3f} s per step (median of {FLAGS.timed_steps}), "
           f"op time {total / 1000:.3f} s per step summed over threads")

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tests.keras_harness import assert_config_complete, assert_roundtrip
 from tfssl.errors import UserError
-from tfssl.models import heads, resnet
+from tfssl.models import batch_norm, heads, resnet
 
 
 def _images(batch, size, seed=0):
@@ -146,6 +146,74 @@ def test_batchnorm_settings_reach_every_bn_layer():
         assert (bn.synchronized, bn.momentum, bn.epsilon, bn.axis) == (True, 0.99, 1e-3, -1)
 
 
+def _bn_pair(shape, **kwargs):
+    """A fused and a Keras BN with the same random gamma / beta / moving stats."""
+    keras_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, **kwargs)
+    fused = batch_norm.BatchNormalization(momentum=0.9, epsilon=1e-5, **kwargs)
+    keras_bn.build(shape)
+    fused.build(shape)
+    rng = np.random.default_rng(11)
+    for a, b in zip(fused.weights, keras_bn.weights):
+        value = rng.uniform(0.5, 1.5, size=a.shape).astype(np.float32)
+        a.assign(value)
+        b.assign(value)
+    return fused, keras_bn
+
+
+def _bn_outputs(layer, x):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.sin(tf.cast(y, tf.float32)))
+    grads = tape.gradient(loss, [x] + layer.trainable_weights)
+    return [y] + grads + [layer.moving_mean, layer.moving_variance]
+
+
+@pytest.mark.parametrize("shape,kwargs", [((8, 5, 5, 6), {}), ((16, 7), {}),
+                                          ((16, 7), {"center": False, "scale": False})])
+def test_fused_bn_equals_keras_bn(shape, kwargs):
+    """Output, input / gamma / beta gradients and moving statistics (biased variance,
+    momentum 0.9) of the fused kernel agree with Keras' ops to float32 rounding."""
+    fused, keras_bn = _bn_pair(shape, **kwargs)
+    x = tf.constant(np.random.default_rng(12).normal(1.0, 3.0, shape).astype(np.float32))
+    initial = fused.moving_variance.numpy()
+    got, want = _bn_outputs(fused, x), _bn_outputs(keras_bn, x)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+    # numpy: moving variance uses the biased batch variance, as Keras 3 does.
+    axes = tuple(range(len(shape) - 1))
+    np.testing.assert_allclose(fused.moving_variance,
+                               0.9 * initial + 0.1 * x.numpy().var(axis=axes), rtol=1e-5)
+
+
+def test_fused_bn_mixed_precision_and_fallbacks():
+    fused, keras_bn = _bn_pair((4, 3, 3, 5), dtype="mixed_float16")
+    x = tf.constant(np.random.default_rng(13).normal(size=(4, 3, 3, 5)), tf.float16)
+    y = fused(x, training=True)
+    assert y.dtype == tf.float16 and fused.moving_mean.dtype == tf.float32
+    np.testing.assert_allclose(tf.cast(y, tf.float32), tf.cast(keras_bn(x, training=True),
+                                                               tf.float32), atol=2e-3)
+    assert fused._fused_applies(x, True, None)
+    assert not fused._fused_applies(x, False, None)  # inference: Keras' ops
+    synced = batch_norm.BatchNormalization(synchronized=True)
+    assert not synced._fused_applies(x, True, None)
+    assert not batch_norm.BatchNormalization(fused=False)._fused_applies(x, True, None)
+    assert not batch_norm.BatchNormalization()._fused_applies(tf.zeros([2, 3, 4]), True,
+                                                              None)
+
+
+def test_backbone_and_heads_use_the_fused_flag():
+    for fused in (True, False):
+        model = resnet.build_backbone("resnet18", width=0.125, fused_bn=fused)
+        mlp = heads.build_mlp(8, [16], 4, last_bn=True, fused_bn=fused)
+        bns = [l for m in (model, mlp) for l in m.layers
+               if isinstance(l, keras.layers.BatchNormalization)]
+        assert len(bns) == 20 + 2
+        assert all(isinstance(b, batch_norm.BatchNormalization) and b.fused == fused
+                   for b in bns)
+
+
 @pytest.mark.parametrize("name,last_bn", [("resnet18", "bn2"), ("resnet50", "bn3")])
 def test_zero_init_residual(name, last_bn):
     model = resnet.build_backbone(name, width=0.125, zero_init_residual=True)
@@ -269,7 +337,7 @@ def test_pixelwise_training_bn_is_over_batch_and_positions():
     direct = fmap  # the same Dense layers, and fresh twins of the BN layers, on rank 4
     for layer in mlp.layers[1:]:
         if isinstance(layer, keras.layers.BatchNormalization):  # input_spec is ndim 2
-            layer = keras.layers.BatchNormalization.from_config(layer.get_config())
+            layer = type(layer).from_config(layer.get_config())
         direct = layer(direct, training=True)
     np.testing.assert_allclose(out, direct, atol=1e-5)
     np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)

@@ -5,7 +5,9 @@ SMoG group features, optimizer state), equal to one process training the same
 global batch: with two in-process replicas every variable agrees; on one device
 (plain instead of synchronised BN: different float rounding, which the sharp
 teacher softmax amplifies to ~1% in the stem's SGD momentum after 3 steps) the
-model's variables agree.
+model's variables agree. The one-device run computes its BN with Keras' ops
+(``fused_batch_norm=False``), as synchronised BN does: the fused kernel's rounding
+moves the stem's weights by up to 6e-4 after 3 steps, past this test's tolerance.
 """
 
 import json
@@ -57,7 +59,8 @@ def run_workers(tmp_path):
 def single_process(model_dir, method, strategy=None):
     config = tiny_config(model_dir, method, batch=child.BATCH, queue=16,
                          steps=child.STEPS, knn_train_examples=64,
-                         knn_eval_examples=32, projector_examples=0)
+                         knn_eval_examples=32, projector_examples=0,
+                         fused_batch_norm=False)
     _, model = trainer.train(config, verbose=0, stop_at_step=child.STEPS,
                              strategy=strategy)
     return child.variables(model)

@@ -93,6 +93,10 @@ class ModelConfig:
         "(MoCo's shuffling BN of the momentum encoder), local (per-replica), or auto "
         "(the method's default: shuffle for moco_v2, sync for the others). With one "
         "replica every choice is plain BN.", one_of("auto", "sync", "shuffle", "local"))
+    fused_batch_norm: bool = option(
+        True, "Run each BN's training pass (when not synchronised) as TensorFlow's "
+        "fused kernel; --nofused_batch_norm uses Keras' own ops (same results to "
+        "float32 rounding).")
     proj_hidden_dim: int = option(512, "Projector hidden width.", positive)
     proj_dim: int = option(128, "Projector output dimension.", positive)
     proj_layers: int = option(2, "Projector depth (Dense layers).", positive)

@@ -90,7 +90,8 @@ class MomentumMethod(keras.Model):
         self.backbone = build_backbone(
             m.backbone, stem=m.stem, width=m.width,
             image_size=config.data.image_size, mean=mean, std=std,
-            sync_bn=self.batch_norm == "sync", model_name="backbone")
+            sync_bn=self.batch_norm == "sync", fused_bn=m.fused_batch_norm,
+            model_name="backbone")
         self.feature_dim = feature_dim(m.backbone, m.width)
         self._momentum_schedule = schedules.momentum_schedule(
             config.train.momentum_schedule, config.train.momentum,
@@ -134,6 +135,7 @@ class MomentumMethod(keras.Model):
         """An MLP head with the run's BN synchronisation setting."""
         return build_mlp(input_dim, hidden_dims, output_dim, batch_norm=batch_norm,
                          last_bn=last_bn, sync_bn=self.batch_norm == "sync",
+                         fused_bn=self.run_config.model.fused_batch_norm,
                          model_name=name)
 
     def projector(self, name="projector", last_bn=False):

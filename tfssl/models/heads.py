@@ -29,6 +29,7 @@ from typing import Sequence
 import keras
 
 from tfssl.errors import UserError
+from tfssl.models.batch_norm import BatchNormalization
 
 
 def _check_dim(value, what: str) -> int:
@@ -41,7 +42,7 @@ def build_mlp(input_dim: int, hidden_dims: Sequence[int], output_dim: int, *,
               batch_norm: bool = True, last_bn: bool = False, last_bn_affine: bool = True,
               sync_bn: bool = False, use_bias_with_bn: bool = False,
               bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-              model_name: str = "mlp") -> keras.Model:
+              fused_bn: bool = True, model_name: str = "mlp") -> keras.Model:
     """Builds an MLP head.
 
     Args:
@@ -56,6 +57,8 @@ def build_mlp(input_dim: int, hidden_dims: Sequence[int], output_dim: int, *,
             redundant; off by default). A Dense not followed by BN always has a bias.
         bn_momentum: Keras BN momentum (0.9 == torch's 0.1).
         bn_epsilon: BN epsilon.
+        fused_bn: TensorFlow's fused BN kernel in training where it applies
+            (``tfssl.models.batch_norm``); False: Keras' own ops.
         model_name: Name of the returned model.
 
     Returns:
@@ -70,8 +73,9 @@ def build_mlp(input_dim: int, hidden_dims: Sequence[int], output_dim: int, *,
     hidden_dims = [_check_dim(h, "hidden dim") for h in hidden_dims]
 
     def bn(x, name, affine=True):
-        return keras.layers.BatchNormalization(
+        return BatchNormalization(
             axis=-1, momentum=bn_momentum, epsilon=bn_epsilon, synchronized=sync_bn,
+            fused=fused_bn,
             center=affine, scale=affine, name=name)(x)
 
     inputs = keras.Input(shape=(input_dim,), dtype="float32", name="features")

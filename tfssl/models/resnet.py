@@ -48,6 +48,7 @@ from typing import Sequence
 import keras
 
 from tfssl.errors import UserError
+from tfssl.models.batch_norm import BatchNormalization
 
 BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50")
 STEMS = ("cifar", "imagenet")
@@ -160,8 +161,9 @@ class _Builder:
     """Holds the layer hyper-parameters while the functional graph is wired."""
 
     def __init__(self, sync_bn: bool, bn_momentum: float, bn_epsilon: float,
-                 zero_init_residual: bool):
+                 zero_init_residual: bool, fused_bn: bool = True):
         self.sync_bn = sync_bn
+        self.fused_bn = fused_bn
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.zero_init_residual = zero_init_residual
@@ -181,9 +183,9 @@ class _Builder:
             name=name)(x)
 
     def bn(self, x, name: str, zero_gamma: bool = False):
-        return keras.layers.BatchNormalization(
+        return BatchNormalization(
             axis=-1, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-            synchronized=self.sync_bn,
+            synchronized=self.sync_bn, fused=self.fused_bn,
             gamma_initializer="zeros" if zero_gamma else "ones", name=name)(x)
 
     def shortcut(self, x, filters: int, stride: int, prefix: str):
@@ -227,7 +229,7 @@ def build_backbone(name: str = "resnet18", *, stem: str = "cifar", width: float 
                    image_size: int = 32, mean: float | Sequence[float] = (0.5, 0.5, 0.5),
                    std: float | Sequence[float] = (0.5, 0.5, 0.5), sync_bn: bool = False,
                    bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-                   zero_init_residual: bool = False,
+                   zero_init_residual: bool = False, fused_bn: bool = True,
                    model_name: str = "backbone") -> keras.Model:
     """Builds a ResNet backbone (no classifier) as a functional ``keras.Model``.
 
@@ -246,6 +248,8 @@ def build_backbone(name: str = "resnet18", *, stem: str = "cifar", width: float 
         bn_momentum: Keras BN momentum (0.9 == torch's 0.1).
         bn_epsilon: BN epsilon (torch's 1e-5).
         zero_init_residual: Zero-init gamma of the last BN of every residual branch.
+        fused_bn: Run each unsynchronised BN's training pass as TensorFlow's fused
+            kernel (``tfssl.models.batch_norm``); False: Keras' own ops.
         model_name: Name of the returned model (e.g. ``"target_backbone"``); layer
             names do not depend on it.
 
@@ -264,7 +268,7 @@ def build_backbone(name: str = "resnet18", *, stem: str = "cifar", width: float 
     _validate(name, stem, width, image_size)
     kind, blocks = _SPECS[name]
     b = _Builder(bool(sync_bn), float(bn_momentum), float(bn_epsilon),
-                 bool(zero_init_residual))
+                 bool(zero_init_residual), bool(fused_bn))
 
     inputs = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
     x = Normalize(mean, std, name="normalize")(inputs)

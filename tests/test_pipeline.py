@@ -103,3 +103,20 @@ def test_input_pipelines_split_each_global_batch_in_order():
                 lo = worker * 4 + replica * 2
                 np.testing.assert_array_equal(got[step * 2 + replica][0],
                                               full[step][0][lo:lo + 2])
+
+
+def test_grouped_map_calls_give_the_views_of_one_example_per_call():
+    # In-memory sources augment several examples per map call; every batch size
+    # (groups of 4, 2, 1) gives exactly the views of one example per call.
+    src, specs = toy_source(), views.strong(8) + views.weak(8)
+    images = tf.constant(src.images)
+    for batch in (8, 6, 3):
+        reference = pipeline._index_stream(src.num_examples, 4, batch).map(
+            lambda p, i: views.make_views(tf.gather(images, i), specs,
+                                          pipeline._example_seed(4, p)))
+        want = batches(reference.batch(batch), 3)
+        got = batches(pipeline.pretrain_dataset(src, specs, batch, seed=4,
+                                                start_step=1), 3)
+        for a, b in zip(got, want):
+            for va, vb in zip(a, b):
+                np.testing.assert_array_equal(va, vb)

@@ -13,7 +13,10 @@ def tiny_config(model_dir, method="moco_v2", *, batch=16, queue=64, epochs=1,
     """A RunConfig small enough for a unit test; ``overrides`` by field name."""
     params_cls = get_method(method).params_cls
     parts = {
-        "data": config_lib.DataConfig(image_size=28, num_parallel_calls=2),
+        # One example per map call: 4 (the default) costs ~6 s more tracing per
+        # pipeline; tests/test_pipeline.py covers the grouped calls.
+        "data": config_lib.DataConfig(image_size=28, num_parallel_calls=2,
+                                      examples_per_call=1),
         "model": config_lib.ModelConfig(backbone="resnet10", width=0.125, proj_hidden_dim=32, proj_dim=16,
                                         pred_hidden_dim=32),
         "optim": config_lib.OptimConfig(warmup_epochs=0.0),

@@ -83,6 +83,7 @@ def distributed_pretrain_dataset(strategy, source, specs, config, start_step):
         return pipeline.pretrain_dataset(
             source, specs, t.global_batch_size, seed=t.seed, start_step=start_step,
             num_parallel_calls=config.data.num_parallel_calls,
+            examples_per_call=config.data.examples_per_call,
             input_context=input_context)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
@@ -279,8 +280,9 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
     else:
         writer = tf.summary.create_noop_writer()
     if step == 0 and chief:
-        first = pipeline.pretrain_dataset(source, model.view_specs(),
-                                          t.global_batch_size, seed=t.seed).take(1)
+        first = pipeline.pretrain_dataset(
+            source, model.view_specs(), t.global_batch_size, seed=t.seed,
+            examples_per_call=config.data.examples_per_call).take(1)
         monitoring.write_view_grid(writer, next(iter(first)), model.view_specs())
     if step == 0 and knn_sources:
         summary["knn_init"] = knn_eval(model.backbone, config, *knn_sources)

@@ -165,7 +165,8 @@ def fixed_batch_step(model, strategy, config, source):
     t = config.train
     fixed = next(iter(pipeline.pretrain_dataset(
         source, model.view_specs(), t.global_batch_size, seed=t.seed,
-        num_parallel_calls=config.data.num_parallel_calls)))
+        num_parallel_calls=config.data.num_parallel_calls,
+        examples_per_call=config.data.examples_per_call)))
     repeated = tf.data.Dataset.from_tensors(fixed).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(repeated))
     step = make_train_function(model, strategy, t.jit_compile)
@@ -201,7 +202,8 @@ def main(argv):
     if FLAGS.pipeline_batches and not FLAGS.bare_backbone:
         dataset = pipeline.pretrain_dataset(
             source, specs, t.global_batch_size, seed=t.seed,
-            num_parallel_calls=config.data.num_parallel_calls)
+            num_parallel_calls=config.data.num_parallel_calls,
+            examples_per_call=config.data.examples_per_call)
         batches = iter(dataset)
         next(batches)
         started = time.perf_counter()

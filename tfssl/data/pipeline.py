@@ -28,9 +28,6 @@ from tfssl.data import views as views_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 _SHUFFLE_BUFFER = 10_000
-# Examples augmented per tf.data map call for in-memory sources (4 measured fastest
-# of 1, 4, 8 at 32 px: docs/BENCHMARKS.md).
-_EXAMPLES_PER_CALL = 4
 
 
 def steps_per_epoch(source, global_batch_size, cap=0):
@@ -72,7 +69,7 @@ def _shard_filter(global_batch_size, pipeline_id, num_pipelines):
 
 def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
                      num_parallel_calls=AUTOTUNE, deterministic=True,
-                     input_context=None):
+                     input_context=None, examples_per_call=4):
     """Batches of views for pretraining.
 
     Args:
@@ -84,6 +81,10 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
       input_context: a ``tf.distribute.InputContext`` (from
         ``strategy.distribute_datasets_from_function``): the dataset then holds
         this input pipeline's slice of every global batch, in per-replica batches.
+      examples_per_call: in-memory sources: examples augmented per map call
+        (the largest of this, 2 and 1 dividing the batch; 4 measured fastest of
+        1, 4, 8 at 32 px, docs/BENCHMARKS.md). Each costs about 2 s of tracing
+        when the dataset is built; the views are the same for every value.
 
     Returns:
       An infinite ``tf.data.Dataset`` of tuples ``(view_0, ..., view_{V-1})``,
@@ -114,7 +115,7 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         # The group divides the batch, so groups never straddle batches, and every
         # example is still made from its own position's seed: the views are
         # bit-identical to one example per call.
-        group = next(g for g in (_EXAMPLES_PER_CALL, 2, 1) if batch_size % g == 0)
+        group = next(g for g in (int(examples_per_call), 2, 1) if batch_size % g == 0)
 
         def make_group(positions, indices):
             made = [make(positions[j], tf.gather(images, indices[j]))

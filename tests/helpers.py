@@ -13,7 +13,7 @@ def tiny_config(model_dir, method="moco_v2", *, batch=16, queue=64, epochs=1,
     """A RunConfig small enough for a unit test; ``overrides`` by field name."""
     params_cls = get_method(method).params_cls
     parts = {
-        # One example per map call: 4 (the default) costs ~6 s more tracing per
+        # One example per map call: 4 (the default) costs ~8 s more tracing per
         # pipeline; tests/test_pipeline.py covers the grouped calls.
         "data": config_lib.DataConfig(image_size=28, num_parallel_calls=2,
                                       examples_per_call=1),

@@ -177,6 +177,7 @@ def test_fused_bn_equals_keras_bn(shape, kwargs):
     fused, keras_bn = _bn_pair(shape, **kwargs)
     x = tf.constant(np.random.default_rng(12).normal(1.0, 3.0, shape).astype(np.float32))
     initial = fused.moving_variance.numpy()
+    assert fused._fused_applies(x, True, None)  # the fused kernel, not the fallback
     got, want = _bn_outputs(fused, x), _bn_outputs(keras_bn, x)
     assert len(got) == len(want)
     for g, w in zip(got, want):

@@ -110,8 +110,9 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         ds = _index_stream(source.num_examples, seed, start)
         if keep is not None:
             ds = ds.filter(keep)
-        # Several examples per map call: tf.data's per-call cost (function run,
-        # executor set-up and completion) is a fifth of a 32 px example's time.
+        # Several examples per map call amortise tf.data's per-call cost (function
+        # run, executor set-up and completion: ~100 us of thread time per 32 px
+        # example under the profiler, docs/BENCHMARKS.md).
         # The group divides the batch, so groups never straddle batches, and every
         # example is still made from its own position's seed: the views are
         # bit-identical to one example per call.

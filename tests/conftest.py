@@ -30,3 +30,17 @@ def mirrored():
     if not _MIRRORED:
         _MIRRORED.append(tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]))
     return _MIRRORED[0]
+
+
+def pytest_report_header(config):
+    """The CPU and its ISA: oneDNN's kernels (and so results' rounding) depend on it."""
+    from tfssl.platform import cpu_summary
+
+    return cpu_summary()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The same line at the end, where ``-q`` (``make test``) still shows it."""
+    from tfssl.platform import cpu_summary
+
+    terminalreporter.write_line(cpu_summary())

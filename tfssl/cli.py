@@ -1,5 +1,6 @@
 """Shared entry-point plumbing: quiet TensorFlow, one-line user errors."""
 
+import errno
 import os
 import sys
 
@@ -28,8 +29,34 @@ def quiet_tensorflow():
         os.close(devnull)
 
 
+# What a file system says when the user's disk or permissions are the problem.
+_IO_FAULTS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+              "Permission denied")
+
+
+def io_fault(error):
+    """One line for an I/O failure the user can fix (full disk, permissions), else None.
+
+    ``error`` is an ``OSError`` or a TensorFlow ``OpError`` (TensorFlow reports a full
+    disk while writing a checkpoint or SavedModel as ``ResourceExhaustedError``).
+    """
+    if isinstance(error, OSError):
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                               errno.EPERM):
+            return None
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{os.strerror(error.errno)}"
+    message = getattr(error, "message", None) or str(error)
+    for fault in _IO_FAULTS:
+        if fault in message:
+            path = message.split(";", 1)[0].rsplit("}", 1)[-1].strip()
+            return f"{path}: {fault}" if path and path != message else fault
+    return None
+
+
 def run_main(main):
-    """``absl.app.run(main)``, printing a :class:`UserError` on one line, exit 2."""
+    """``absl.app.run(main)``: a :class:`UserError`, or a full disk / permission
+    fault met while writing, is printed on one line and exits with status 2."""
     from absl import app
 
     from tfssl.errors import UserError
@@ -39,6 +66,14 @@ def run_main(main):
             return main(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is an I/O fault
+            line = io_fault(e)
+            if line is None:
+                raise
+            print(f"error: cannot write: {line}. Free space or fix the permissions and "
+                  "re-run the same command (a training run resumes from its latest "
+                  "checkpoint).", file=sys.stderr)
             sys.exit(2)
 
     app.run(wrapped)

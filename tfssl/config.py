@@ -51,14 +51,27 @@ def option(default, help, check=None):
                              metadata={"help": help, "check": check})
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def representable(v):
+    """Floats must be finite and within float32 range (the model computes in float32)."""
+    if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX):
+        return "must be a finite number within float32 range (|x| <= 3.4e38)"
+    return None
+
+
 def validate(obj, prefix=""):
     """Runs every field's check; raises :class:`UserError` naming the flag."""
     for f in dataclasses.fields(obj):
         check = f.metadata.get("check")
         value = getattr(obj, f.name)
-        if check is None or value is None:
+        if value is None:
             continue
-        problem = check(value)
+        values = value if isinstance(value, tuple) else (value,)
+        problem = next(filter(None, map(representable, values)), None)
+        if problem is None and check is not None:
+            problem = check(value)
         if problem:
             raise UserError(f"--{prefix}{f.name}={value} {problem}.")
 
@@ -224,6 +237,12 @@ def validate_run(config, params_prefix):
     for part in (config.data, config.model, config.optim, config.train):
         validate(part)
     validate(config.method_params, params_prefix)
+    lr = config.learning_rate()
+    if representable(lr):
+        raise UserError(
+            f"--base_learning_rate={config.optim.base_learning_rate} x "
+            f"--global_batch_size={config.train.global_batch_size}/256 = {lr:g} "
+            "overflows float32; use a smaller --base_learning_rate.")
     problems = getattr(config.method_params, "problems", None)
     message = problems() if problems else None
     if message:

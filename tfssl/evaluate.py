@@ -34,6 +34,7 @@ from absl import flags, logging  # noqa: E402
 
 from tfssl.config import non_negative, one_of, option, positive, validate  # noqa: E402
 from tfssl.errors import UserError  # noqa: E402
+from tfssl.run_dir import check_writable_file, write_text  # noqa: E402
 
 PROTOCOLS = ("knn", "linear", "semi")
 
@@ -214,7 +215,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     Raises:
         UserError: bad flags, no run or no checkpoint in ``model_dir``, unlabelled splits.
     """
-    import tensorflow as tf
 
     from tfssl.trainer import load_config, load_trained_model, run_source
 
@@ -230,21 +230,31 @@ def evaluate(cfg: EvalConfig) -> dict:
         if not source.num_classes:
             raise UserError(f"--dataset={d.dataset} split {source.split!r} has no labels; "
                             f"evaluation needs a labelled --{flag}.")
-    checkpoint = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "checkpoints"))
-    if checkpoint is None:
-        raise UserError(f"no checkpoint in {cfg.model_dir}/checkpoints; train first with "
-                        f"python -m tfssl.train --model_dir={cfg.model_dir}.")
+    # Refuse before the (possibly long) evaluation if its record cannot be written.
+    path = os.path.join(cfg.model_dir, f"eval_{cfg.protocol}.json")
+    outputs = [path] + ([subset_path(cfg.model_dir, cfg.semi_fraction, cfg.train_examples)]
+                        if cfg.protocol == "semi" else [])
+    for output in outputs:
+        try:
+            check_writable_file(output, "model_dir")
+        except UserError:
+            raise UserError(f"{output} cannot be written (read-only run directory?): "
+                            "tfssl.evaluate records its result in the run directory; "
+                            "copy the run somewhere writable and evaluate the copy.") from None
     model = load_trained_model(run)
+    checkpoint = model.restored_from
     step = int(model.optimizer.iterations.numpy())
     results, settings = _PROTOCOLS[cfg.protocol](cfg, run, model.backbone, *sources)
     record = {"protocol": cfg.protocol, "model_dir": cfg.model_dir,
               "method": run.train.method, "checkpoint": checkpoint, "step": step,
               "dataset": d.dataset, "train_split": cfg.train_split, "eval_split": eval_split,
               "flags": dataclasses.asdict(cfg), "settings": settings, "results": results}
-    path = os.path.join(cfg.model_dir, f"eval_{cfg.protocol}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    try:
+        write_text(path, json.dumps(record, indent=2, sort_keys=True))
+    except OSError as e:
+        print(summary_line(record))
+        raise UserError(f"could not write {path}: {os.strerror(e.errno or 0)}; the "
+                        "result above is not saved.") from None
     return record
 
 

@@ -12,13 +12,14 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 
 import keras
 import tensorflow as tf
 
-from tfssl import monitoring, optim, schedules
+from tfssl import checkpoints, monitoring, optim, run_dir, schedules
 from tfssl.data import pipeline
 from tfssl.data.sources import load_source
 from tfssl.errors import UserError
@@ -89,33 +90,43 @@ def distributed_pretrain_dataset(strategy, source, specs, config, start_step):
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def check_run_dir(config):
-    """Writes ``config.json``; refuses a directory holding another method's run."""
-    os.makedirs(config.model_dir, exist_ok=True)
-    path = os.path.join(config.model_dir, CONFIG_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            try:
-                previous = json.load(f)
-            except json.JSONDecodeError:
-                raise UserError(f"{path} is not valid JSON; remove it or use another "
-                                "--model_dir.") from None
-        old = previous.get("train", {}).get("method")
-        if old != config.train.method:
+def check_run_dir(config, resuming):
+    """Refuses a ``--model_dir`` whose run this command would change; writes nothing.
+
+    Returns the run's previous configuration (a dict) or ``None`` for a new run.
+    A resume (``resuming``: the directory has checkpoints) may change only what
+    :data:`tfssl.run_dir.RESUMABLE` lists.
+    """
+    previous = run_dir.read_config_dict(config.model_dir, CONFIG_FILE)
+    if previous is None:
+        return None
+    old = previous.get("train", {}).get("method")
+    if old != config.train.method:
+        raise UserError(
+            f"--model_dir={config.model_dir} holds a {old} run; --method="
+            f"{config.train.method} would overwrite it. Use another --model_dir.")
+    if resuming:
+        prefix = get_method(config.train.method).flag_prefix
+        conflicts = run_dir.resume_conflicts(previous, config.to_dict(), prefix)
+        if conflicts:
+            shown = "; ".join(conflicts[:4]) + (
+                f"; and {len(conflicts) - 4} more" if len(conflicts) > 4 else "")
             raise UserError(
-                f"--model_dir={config.model_dir} holds a {old} run; --method="
-                f"{config.train.method} would overwrite it. Use another --model_dir.")
-        old = previous.get("train", {}).get("mixed_precision", "none")
-        new = config.train.mixed_precision
-        if (old == "mixed_float16") != (new == "mixed_float16") and os.path.isdir(
-                os.path.join(config.model_dir, "checkpoints")):
-            raise UserError(
-                f"--model_dir={config.model_dir} was trained with --mixed_precision="
-                f"{old}; resuming with --mixed_precision={new} cannot restore the "
-                "optimizer (mixed_float16 adds the loss-scale state). Resume with "
-                f"--mixed_precision={old} or use another --model_dir.")
-    with open(path, "w") as f:
-        f.write(config.to_json())
+                f"--model_dir={config.model_dir} holds a run with other settings "
+                f"({shown}); resuming would mix two runs. Re-run with the run's "
+                f"settings ({CONFIG_FILE}) or use another --model_dir.")
+    return previous
+
+
+def check_schedule(config, steps_per_epoch):
+    """Names the flags when the warm-up is longer than the run."""
+    total = config.total_steps(steps_per_epoch)
+    warmup = config.warmup_steps(steps_per_epoch)
+    if warmup > total:
+        raise UserError(
+            f"--warmup_epochs={config.optim.warmup_epochs:g} ({warmup} steps) is longer "
+            f"than the run (--epochs={config.train.epochs} x {steps_per_epoch} steps = "
+            f"{total} steps); lower --warmup_epochs to at most {config.train.epochs}.")
 
 
 def build_model(config, strategy, steps_per_epoch, mean, std):
@@ -161,10 +172,17 @@ def make_train_function(model, strategy, jit_compile=False):
 
 
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after every step."""
+    """SIGTERM/SIGINT: during set-up, stop at once; once armed, stop after the step.
+
+    Until the loop has completed a step, stopping at once loses nothing (the run
+    resumes from its latest checkpoint), so a signal raises immediately; after
+    :meth:`arm` it only sets a flag that the loop checks after every step, and the
+    loop then writes a checkpoint and stops.
+    """
 
     def __init__(self):
         self.signal = None
+        self.armed = False
         self._previous = {}
 
     def __enter__(self):
@@ -175,8 +193,15 @@ class _StopRequest:
                 pass
         return self
 
+    def arm(self):
+        self.armed = True
+
     def _handle(self, signum, frame):
         self.signal = signum
+        if not self.armed:
+            raise UserError(f"stopped by signal {signum} before the first step; "
+                            "nothing was lost. Re-run the same command to start or "
+                            "resume.")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -202,8 +227,59 @@ def run_source(config, split):
 
 
 def _append_jsonl(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+    except OSError as e:
+        raise UserError(f"could not write {path}: {os.strerror(e.errno or 0)}; free "
+                        "space (or fix the permissions) and re-run the same command "
+                        "to resume.") from None
+
+
+def _trim_metrics(path, step):
+    """Drops the ``metrics.jsonl`` rows of steps after ``step`` (every row at step
+    0): they belong to steps that the resumed run trains again."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep = []
+    for line in lines:
+        try:
+            row_step = json.loads(line).get("step", 0)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if step > 0 and row_step <= step:
+            keep.append(line)
+    if len(keep) != len(lines):
+        run_dir.write_text(path, "".join(keep))
+
+
+_NON_FINITE_HINT = "Lower --base_learning_rate or --weight_decay, or check the inputs."
+
+
+class _Progress:
+    """The running epoch's loss sums, step count and seconds, kept in checkpoints
+    (one JSON string variable), so that after a resume the epoch's
+    ``metrics.jsonl`` row averages every step of the epoch, as without the stop."""
+
+    def __init__(self):
+        self.variable = tf.Variable("{}", dtype=tf.string, trainable=False,
+                                    name="progress")
+
+    def load(self, step, steps_per_epoch):
+        """``(sums, count, seconds)`` of ``step``'s epoch so far (empty if unknown)."""
+        try:
+            p = json.loads(self.variable.numpy().decode())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            p = {}
+        if p.get("step") != step or step % steps_per_epoch == 0:
+            return {}, 0, 0.0
+        return dict(p["sums"]), int(p["count"]), float(p["seconds"])
+
+    def store(self, step, sums, count, seconds):
+        self.variable.assign(json.dumps({"step": step, "sums": sums, "count": count,
+                                         "seconds": seconds}, sort_keys=True))
 
 
 def train(config, verbose=1, stop_at_step=None, strategy=None):
@@ -213,60 +289,109 @@ def train(config, verbose=1, stop_at_step=None, strategy=None):
     re-running resumes exactly.  ``strategy`` overrides ``--strategy`` (library
     use: a process should hold one MirroredStrategy).
 
+    The chief holds the run directory's lock for the whole call
+    (:class:`tfssl.run_dir.RunLock`), and every check that can refuse the command
+    (flags against the run's ``config.json``, the checkpoint against the model)
+    runs before anything is written, so a refused command leaves the directory as
+    it was.
+
     Returns:
       A summary dict: final step, last epoch's mean losses, kNN results
       (``knn_init`` for the backbone at initialisation, ``knn`` at the end).
     """
-    # The handlers go in first: a signal at any point after this is honoured at
-    # the end of the next step (or of the first one).
+    # The handlers go in first: a signal during set-up stops at once, one during
+    # the loop at the end of its step (with a checkpoint).
     with _StopRequest() as stop:
-        return _train(config, verbose, stop_at_step, strategy, stop)
+        t = config.train
+        strategy = strategy or make_strategy(t.strategy, t.tpu, t.cpu_devices)
+        if not is_chief(strategy):
+            return _train(config, 0, stop_at_step, strategy, stop, None)
+        with run_dir.RunLock(config.model_dir) as lock:
+            return _train(config, verbose, stop_at_step, strategy, stop, lock)
 
 
-def _train(config, verbose, stop_at_step, strategy, stop):
+def _checkpoint_factory(model, progress):
+    """``fn(saved_names) -> tf.train.Checkpoint``: the objects a checkpoint holds
+    (checkpoints of tfssl before 0.2 have no ``progress``)."""
+    def make(names):
+        parts = {"model": model, "optimizer": model.optimizer}
+        if any(n.startswith("progress/") for n in names):
+            parts["progress"] = progress.variable
+        return tf.train.Checkpoint(**parts)
+
+    return make
+
+
+def _restore(model, progress, checkpoint_dir, chief):
+    """Restores the newest readable checkpoint (if any) and returns its step; the
+    chief moves unreadable newer ones to ``checkpoints/corrupt/`` and repairs the
+    state file."""
+    restored, unreadable = checkpoints.restore_newest(
+        _checkpoint_factory(model, progress), checkpoint_dir)
+    for prefix, reason in unreadable:
+        where = f"moved to {checkpoints.QUARANTINE}/; " if chief else ""
+        print(f"warning: {prefix} is unreadable ({reason}); {where}resuming from "
+              f"{restored}.", file=sys.stderr)
+    if chief and os.path.isdir(checkpoint_dir):
+        checkpoints.quarantine(checkpoint_dir, [p for p, _ in unreadable])
+        for line in checkpoints.repair(checkpoint_dir):
+            print(f"warning: {line}.", file=sys.stderr)
+    # Checkpoints written before the model counted its steps hold only the
+    # optimizer's count (equal to it without mixed_float16).
+    step = max(int(model.steps_taken.numpy()), int(model.optimizer.iterations.numpy()))
+    model.steps_taken.assign(step)
+    return step
+
+
+def _train(config, verbose, stop_at_step, strategy, stop, lock):
     t = config.train
-    strategy = strategy or make_strategy(t.strategy, t.tpu, t.cpu_devices)
-    chief = is_chief(strategy)
+    chief = lock is not None
+    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
     if chief:
-        check_run_dir(config)
-    else:
-        verbose = 0
+        check_run_dir(config, resuming=checkpoints.has_checkpoints(checkpoint_dir))
     source = run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, t.global_batch_size, t.steps_per_epoch)
     if spe < 1:
         raise UserError(f"--global_batch_size={t.global_batch_size} is larger than "
                         f"the {source.num_examples} examples of --dataset="
                         f"{config.data.dataset}.")
+    check_schedule(config, spe)
     model = build_model(config, strategy, spe, source.mean, source.std)
+    progress = _Progress()
+    step = _restore(model, progress, checkpoint_dir, chief)
+    # Nothing was written before this point; from here on the run owns the directory.
+    if chief:
+        try:
+            run_dir.write_text(os.path.join(config.model_dir, CONFIG_FILE),
+                               config.to_json())
+            _trim_metrics(os.path.join(config.model_dir, METRICS_FILE), step)
+        except OSError as e:
+            raise UserError(f"could not write to --model_dir={config.model_dir}: "
+                            f"{os.strerror(e.errno or 0)}.") from None
+        lock.created = []
 
     # Every worker saves (saving is collective under MultiWorkerMirroredStrategy);
     # non-chief workers write to a scratch directory removed at the end, and every
     # worker resumes from the chief's checkpoints.
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                     progress=progress.variable)
     scratch = None if chief else tempfile.mkdtemp(prefix="tfssl_worker_")
     manager = tf.train.CheckpointManager(
         checkpoint, checkpoint_dir if chief else scratch,
         max_to_keep=t.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-    # Checkpoints written before the model counted its steps hold only the
-    # optimizer's count (equal to it without mixed_float16).
-    step = max(int(model.steps_taken.numpy()), int(model.optimizer.iterations.numpy()))
-    model.steps_taken.assign(step)
     try:
         return _train_loop(config, verbose, stop_at_step, strategy, stop, chief,
-                           model, manager, source, spe, step)
+                           model, manager, progress, source, spe, step)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
-                manager, source, spe, step):
+                manager, progress, source, spe, step):
     t = config.train
     total_steps = config.total_steps(spe)
+    state = model.weights + model.optimizer.variables
 
     summary = {"step": step, "knn_init": None, "knn": None}
     knn_sources = None
@@ -300,61 +425,71 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
                                                  config, step))
     train_function = make_train_function(model, strategy, t.jit_compile)
 
+    def stop_here(sums, count, seconds):
+        """A checkpoint of the running epoch, then the summary to return."""
+        progress.store(step, sums, count, seconds)
+        checkpoints.save(manager, step, state, _NON_FINITE_HINT)
+        writer.flush()
+        summary["step"] = step
+        return summary, model
+
     while step < total_steps:
         epoch = step // spe
         bar = keras.utils.Progbar(spe, verbose=verbose,
                                   stateful_metrics=["learning_rate", "momentum"])
-        sums, count, started = {}, 0, time.perf_counter()
+        sums, count, before = progress.load(step, spe)
+        started = time.perf_counter()
         for _ in range(step % spe, spe):
-            logs = {k: float(v) for k, v in train_function(iterator).items()}
+            logs = _one_step(train_function, iterator, stop, manager, step)
             step += 1
-            if not all(math.isfinite(v) for v in logs.values()):
-                raise UserError(
-                    f"the loss became non-finite at step {step} ({logs}); the "
-                    f"last checkpoint ({manager.latest_checkpoint}) holds finite "
-                    "weights. Lower --base_learning_rate or check the inputs.")
+            count += 1
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            if step % t.log_every_steps == 0 and chief:
-                with writer.as_default(step=step):
-                    for k, v in logs.items():
-                        tf.summary.scalar(f"train/{k}", v)
-                monitoring.write_method_summaries(writer, step, model.summaries())
-            if step % t.checkpoint_every_steps == 0:
-                manager.save(checkpoint_number=step)
+            _log_step(config, writer, model, step, logs, chief)
             bar.update(step - epoch * spe, list(logs.items()))
+            if step % spe == 0:
+                break  # the epoch-end checkpoint below
+            seconds = before + time.perf_counter() - started
+            if step % t.checkpoint_every_steps == 0:
+                progress.store(step, sums, count, seconds)
+                checkpoints.save(manager, step, state, _NON_FINITE_HINT)
             if stop_at_step is not None and step >= stop_at_step:
-                manager.save(checkpoint_number=step)
-                writer.flush()
-                summary["step"] = step
-                return summary, model
+                return stop_here(sums, count, seconds)
             if stop.signal is not None:
-                manager.save(checkpoint_number=step)
+                stop_here(sums, count, seconds)
                 raise UserError(f"stopped by signal {stop.signal} at step {step}; "
                                 "checkpoint written. Re-run the same command to "
                                 "resume.")
-        elapsed = time.perf_counter() - started
         record = {"epoch": epoch + 1, "step": step,
                   **{k: v / max(count, 1) for k, v in sums.items()},
-                  "images_per_sec": count * t.global_batch_size / elapsed}
-        if not chief:
-            manager.save(checkpoint_number=step)
-            continue
-        due = (t.knn_every_epochs and (epoch + 1) % t.knn_every_epochs == 0)
-        if knn_sources and (due or step >= total_steps):
-            result = knn_eval(model.backbone, config, *knn_sources)
-            summary["knn"] = result
-            record.update({f"knn_{k}": v for k, v in result.items()})
-            if verbose:
-                print(f"epoch {epoch + 1}: kNN top-1 {result['top1']:.2f}%")
-        with writer.as_default(step=step):
-            tf.summary.scalar("train/images_per_sec", record["images_per_sec"])
-            if "knn_top1" in record:
-                tf.summary.scalar("knn/top1", record["knn_top1"])
-        _append_jsonl(metrics_path, record)
-        manager.save(checkpoint_number=step)
-        summary["last_epoch"] = record
+                  "images_per_sec": count * t.global_batch_size / max(
+                      before + time.perf_counter() - started, 1e-9)}
+        if chief:
+            due = (t.knn_every_epochs and (epoch + 1) % t.knn_every_epochs == 0)
+            if knn_sources and (due or step >= total_steps):
+                result = knn_eval(model.backbone, config, *knn_sources)
+                summary["knn"] = result
+                record.update({f"knn_{k}": v for k, v in result.items()})
+                if verbose:
+                    print(f"epoch {epoch + 1}: kNN top-1 {result['top1']:.2f}%")
+            with writer.as_default(step=step):
+                tf.summary.scalar("train/images_per_sec", record["images_per_sec"])
+                if "knn_top1" in record:
+                    tf.summary.scalar("knn/top1", record["knn_top1"])
+        # Checkpoint before the row: after a crash between the two, the resumed
+        # run keeps the row's step only if its checkpoint exists (_trim_metrics).
+        progress.store(step, {}, 0, 0.0)
+        checkpoints.save(manager, step, state, _NON_FINITE_HINT)
+        if chief:
+            _append_jsonl(metrics_path, record)
+            summary["last_epoch"] = record
+        if step < total_steps and stop_at_step is not None and step >= stop_at_step:
+            writer.flush()
+            summary["step"] = step
+            return summary, model
+        if step < total_steps and stop.signal is not None:
+            raise UserError(f"stopped by signal {stop.signal} at step {step}; "
+                            "checkpoint written. Re-run the same command to resume.")
     if knn_sources and t.projector_examples:
         features, labels = knn.extract_features(model.backbone, pipeline.eval_dataset(
             knn_sources[1], config.data.image_size, 512, limit=t.projector_examples))
@@ -365,22 +500,53 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
     return summary, model
 
 
+def _one_step(train_function, iterator, stop, manager, step):
+    """Runs one step; raises :class:`UserError` when a logged value is non-finite."""
+    logs = {k: float(v) for k, v in train_function(iterator).items()}
+    stop.arm()
+    bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
+    if bad:
+        raise UserError(
+            f"the loss became non-finite at step {step + 1} ("
+            + ", ".join(f"{k}={logs[k]}" for k in bad) + "); nothing was saved "
+            f"after it: the latest checkpoint ({manager.latest_checkpoint}) holds the "
+            f"last finite state. {_NON_FINITE_HINT}")
+    return logs
+
+
+def _log_step(config, writer, model, step, logs, chief):
+    if step % config.train.log_every_steps == 0 and chief:
+        with writer.as_default(step=step):
+            for k, v in logs.items():
+                tf.summary.scalar(f"train/{k}", v)
+        monitoring.write_method_summaries(writer, step, model.summaries())
+
+
 def load_trained_model(config, strategy=None):
-    """Rebuilds the run's model and restores its latest checkpoint."""
+    """Rebuilds the run's model and restores its newest readable checkpoint.
+
+    Reads only: an unreadable newer checkpoint is skipped with a warning (the next
+    ``tfssl.train`` of the run moves it aside). The model's ``restored_from``
+    attribute names the checkpoint used.
+    """
     source = run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, config.train.global_batch_size,
                                    config.train.steps_per_epoch)
     model = build_model(config, strategy or tf.distribute.get_strategy(),
                         max(spe, 1), source.mean, source.std)
     ckpt_dir = os.path.join(config.model_dir, "checkpoints")
-    latest = tf.train.latest_checkpoint(ckpt_dir)
-    if latest is None:
+    progress = _Progress()
+    restored, unreadable = checkpoints.restore_newest(
+        _checkpoint_factory(model, progress), ckpt_dir,
+        what=f"the run in {config.model_dir}")
+    for prefix, reason in unreadable:
+        print(f"warning: {prefix} is unreadable ({reason}); using {restored}.",
+              file=sys.stderr)
+    if restored is None:
         raise UserError(f"no checkpoint in {ckpt_dir}; train first with "
                         f"python -m tfssl.train --model_dir={config.model_dir}.")
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
-        latest).expect_partial()
+    model.restored_from = restored
     return model
-
 
 
 def load_config(model_dir):
@@ -391,11 +557,7 @@ def load_config(model_dir):
     if not os.path.exists(path):
         raise UserError(f"{path} not found: --model_dir must be a run directory "
                         "written by python -m tfssl.train.")
-    with open(path) as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError:
-            raise UserError(f"{path} is not valid JSON.") from None
+    d = run_dir.read_config_dict(model_dir, CONFIG_FILE)
     method = get_method(d["train"]["method"])
     d["model_dir"] = model_dir
     return RunConfig.from_dict(d, method.params_cls)

@@ -109,6 +109,43 @@ class Normalize(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tfssl")
+class PointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1 ``valid`` convolution whose stride is taken by subsampling first.
+
+    ``y = conv1x1(x[:, ::s, ::s, :])``, the same function, output shape and weights
+    as ``Conv2D(filters, 1, strides=s, padding="valid")``, but oneDNN only ever sees
+    stride-1 1x1 convolutions. Its kernels for the *strided* 1x1 case write past
+    the end of their scratch buffer in the weight gradient when the input has
+    fewer channels than the kernel's channel block (16 with AVX-512, 8 with AVX2;
+    oneDNN 3.7 in TensorFlow 2.21, ``rtus`` workspace of
+    ``jit_*_1x1_convolution_bwd_weights_t``): a heap corruption that surfaced as
+    "double free or corruption" when fine-tuning a width-0.125 ResNet on AVX-512
+    CPUs. ResNet shortcuts are the only strided 1x1 convolutions here.
+    """
+
+    def __init__(self, filters, strides=1, **kwargs):
+        kwargs.pop("kernel_size", None)
+        kwargs.pop("padding", None)
+        super().__init__(filters, 1, strides=strides, padding="valid", **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError("PointwiseConv2D supports channels_last only.")
+
+    def convolution_op(self, inputs, kernel):
+        sh, sw = self.strides
+        if (sh, sw) != (1, 1):
+            inputs = inputs[:, ::sh, ::sw, :]
+        return keras.ops.conv(inputs, kernel, strides=1, padding="valid",
+                              dilation_rate=self.dilation_rate,
+                              data_format=self.data_format)
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("kernel_size", "padding"):
+            config.pop(key, None)
+        return config
+
+
 def _as_float_list(value, what: str) -> list[float]:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return [float(value)]
@@ -191,8 +228,8 @@ class _Builder:
     def shortcut(self, x, filters: int, stride: int, prefix: str):
         if stride == 1 and x.shape[-1] == filters:
             return x
-        x = keras.layers.Conv2D(
-            filters, 1, strides=stride, padding="valid", use_bias=False,
+        x = PointwiseConv2D(
+            filters, strides=stride, use_bias=False,
             kernel_initializer=keras.initializers.VarianceScaling(
                 scale=2.0, mode="fan_out", distribution="untruncated_normal"),
             name=f"{prefix}_downsample_0")(x)

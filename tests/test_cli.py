@@ -1,6 +1,7 @@
 """Entry points: bad input exits non-zero with a one-line message, no traceback."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -115,23 +116,25 @@ def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(tmp_path):
             f"--model_dir={tmp_path}", "--backbone=resnet10", "--width=0.125",
             "--global_batch_size=32", "--queue_size=256", "--epochs=1",
             "--steps_per_epoch=500", "--knn_train_examples=64",
-            "--knn_eval_examples=32", "--log_every_steps=1"]
+            "--knn_eval_examples=32", "--checkpoint_every_steps=2"]
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    events = tmp_path / "tb"
-    while time.time() < deadline and proc.poll() is None:
-        # train/loss at step 1 means the loop is running.
-        if events.exists() and any(os.path.getsize(events / f) > 2000
-                                   for f in os.listdir(events)):
-            break
-        time.sleep(0.5)
+    deadline = time.time() + 300
+    ckpt_dir = tmp_path / "checkpoints"
+
+    def saved():
+        return sorted(int(f.split("-")[1].split(".")[0]) for f in os.listdir(ckpt_dir)
+                      if f.endswith(".index")) if ckpt_dir.exists() else []
+
+    # A checkpoint on disk means the loop is running (the signal handler is armed).
+    while time.time() < deadline and proc.poll() is None and not saved():
+        time.sleep(0.2)
+    assert saved(), "the run wrote no checkpoint"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr[-2000:]
-    assert "stopped by signal 15" in stderr and "Traceback" not in stderr
-    ckpts = [f for f in os.listdir(tmp_path / "checkpoints") if f.endswith(".index")]
-    assert len(ckpts) == 1
-    step = int(ckpts[0].split("-")[1].split(".")[0])
-    assert 1 <= step < 500
+    match = re.search(r"stopped by signal 15 at step (\d+); checkpoint written", stderr)
+    assert match and "Traceback" not in stderr, stderr[-2000:]
+    step = int(match.group(1))
+    assert 2 <= step < 500 and saved()[-1] == step

@@ -67,6 +67,10 @@ def run_main(main):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print("error: interrupted; re-run the same command to start again (a "
+                  "training run resumes from its latest checkpoint).", file=sys.stderr)
+            sys.exit(2)
         except Exception as e:  # noqa: BLE001 - re-raised unless it is an I/O fault
             line = io_fault(e)
             if line is None:

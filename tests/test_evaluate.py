@@ -20,7 +20,7 @@ from tfssl.errors import UserError
 from tfssl.evaluate import EvalConfig, check_eval_config, evaluate, subset_path, summary_line
 from tfssl.evaluation import linear
 from tfssl.evaluation.knn import extract_features
-from tfssl.trainer import check_run_dir, knn_eval, train
+from tfssl.trainer import knn_eval, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY = re.compile(r"^eval (knn|linear|semi): top-1 \d+\.\d\d% top-5 \d+\.\d\d% "
@@ -267,6 +267,8 @@ def test_bad_input(tmp_path):
                                   **kwargs)
         with pytest.raises(UserError, match=re.escape(message)):
             check_eval_config(cfg)
-    check_run_dir(tiny_config(tmp_path / "untrained"))  # config.json, no checkpoint
+    untrained = tiny_config(tmp_path / "untrained")
+    os.makedirs(untrained.model_dir)
+    (tmp_path / "untrained" / "config.json").write_text(untrained.to_json())  # no checkpoint
     with pytest.raises(UserError, match="no checkpoint"):
         evaluate(EvalConfig(model_dir=str(tmp_path / "untrained"), protocol="knn"))

@@ -161,8 +161,9 @@ def test_resuming_across_float16_and_float32_is_refused(tmp_path):
     from tfssl.errors import UserError
     from tfssl.trainer import check_run_dir
 
-    check_run_dir(tiny_config(tmp_path, "ressl", mixed_precision="mixed_float16"))
-    (tmp_path / "checkpoints").mkdir()
-    check_run_dir(tiny_config(tmp_path, "ressl", mixed_precision="mixed_float16"))
-    with pytest.raises(UserError, match="--mixed_precision=mixed_float16"):
-        check_run_dir(tiny_config(tmp_path, "ressl", mixed_precision="none"))
+    run = tiny_config(tmp_path, "ressl", mixed_precision="mixed_float16")
+    (tmp_path / "config.json").write_text(run.to_json())  # what train writes
+    check_run_dir(run, resuming=True)
+    with pytest.raises(UserError, match="--mixed_precision: run mixed_float16"):
+        check_run_dir(tiny_config(tmp_path, "ressl", mixed_precision="none"),
+                      resuming=True)

@@ -29,10 +29,19 @@ quiet_tensorflow()
 from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Run directory written by tfssl.train.")
-flags.DEFINE_string("export_dir", None, "Where to write the SavedModel "
-                    "(default: MODEL_DIR/export). An existing SavedModel there is "
-                    "replaced; any other non-empty directory is refused.")
+
+
+def define_flags(flag_values=FLAGS):
+    """``--model_dir`` and ``--export_dir`` (defined by ``main``, not at import, so
+    that importing :func:`export` beside ``tfssl.train`` defines nothing twice)."""
+    if "model_dir" not in flag_values:
+        flags.DEFINE_string("model_dir", None, "Run directory written by tfssl.train.",
+                            flag_values=flag_values)
+    if "export_dir" not in flag_values:
+        flags.DEFINE_string("export_dir", None, "Where to write the SavedModel "
+                            "(default: MODEL_DIR/export). An existing SavedModel "
+                            "there is replaced; any other non-empty directory is "
+                            "refused.", flag_values=flag_values)
 
 SAVED_MODEL_FILES = {"saved_model.pb", "variables", "assets", "fingerprint.pb",
                      "keras_metadata.pb"}
@@ -155,4 +164,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     run_main(main)

@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-requirements
 RUN ?= runs/quickstart
 QUICKSTART ?= configs/fashion_mnist/quickstart.flags
 PYTEST_ARGS ?=
+# Two test processes (pytest-xdist), whole files per process (module fixtures run once).
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup data train test clean
 
@@ -30,7 +32,7 @@ train: setup
 	@echo "SavedModel:       $(RUN)/export"
 
 test: setup
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) runs

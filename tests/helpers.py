@@ -43,3 +43,43 @@ def fashion_batch(n, seed=0):
     src = load_source("fashion_mnist", "train")
     idx = np.random.default_rng(seed).choice(src.num_examples, n, replace=False)
     return src.images[idx]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodCase:
+    """How the shared step tests run one registered method (one entry per method).
+
+    Attributes:
+      default_batch_norm: what ``--batch_norm=auto`` must mean for it.
+      xla: ``tiny_config`` overrides of the XLA test (small compile, and the
+        periodic in-step work inside its steps).
+      random_results: variable paths whose values come from random draws inside
+        the step (XLA's stateless RNG gives other bits than the CPU kernels), checked
+        for unit norm instead of equality under XLA.
+      replica_test: ``None`` when ``tests/test_distributed.py`` checks one device
+        against two replicas, else the file with a stricter version of that test.
+      multi_worker: trained by ``tests/test_multi_worker.py`` (two processes).
+    """
+
+    default_batch_norm: str = "sync"
+    xla: dict = dataclasses.field(default_factory=dict)
+    random_results: tuple = ()
+    replica_test: str = None
+    multi_worker: bool = False
+
+
+# A new method adds one entry here; tests/test_methods.py checks every registered
+# method has one.
+METHOD_CASES = {
+    "moco_v2": MethodCase(default_batch_norm="shuffle"),
+    "byol": MethodCase(),
+    "ressl": MethodCase(multi_worker=True),  # a queue
+    # Group features; its replica test also runs symmetric roles and a reset.
+    "smog": MethodCase(xla={"n_groups": 8, "init": "random", "reset_interval": 3},
+                       random_results=("group_features/groups",),
+                       replica_test="tests/test_smog.py", multi_worker=True),
+}
+
+
+def method_case(name):
+    return METHOD_CASES[name]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import tiny_config
+from tests.helpers import METHOD_CASES, tiny_config
 from tests.test_methods import real_views
 from tfssl.methods import METHODS
 from tfssl.trainer import build_model, make_train_function
@@ -23,13 +23,26 @@ def run_steps(strategy, config, batches, init_weights=None):
     return model, logs
 
 
-# SMoG runs a stricter version of this test (symmetric roles, a reset inside the two
-# steps, group features) in tests/test_smog.py.
-@pytest.mark.parametrize("method", [m for m in METHODS.names() if m != "smog"])
+# Methods whose METHOD_CASES entry names a replica_test run a stricter version of
+# this test there (SMoG: symmetric roles, a reset inside the two steps, groups).
+@pytest.mark.parametrize("method", [m for m in METHODS.names()
+                                    if METHOD_CASES[m].replica_test is None])
 def test_two_replicas_equal_one_device(tmp_path, method, mirrored):
     # Synchronised BN makes 2 replicas equal 1 device (MoCo's default, shuffling
     # BN, is checked in tests/test_shuffle_bn.py).
-    config = tiny_config(tmp_path, method, batch=8, queue=16, batch_norm="sync")
+    check_two_replicas_equal_one_device(tmp_path, method, mirrored)
+
+
+@pytest.mark.parametrize("method", ["moco_v2", "byol"])
+def test_two_replicas_equal_one_device_with_eman(tmp_path, method, mirrored):
+    """``--ema_bn``: the momentum network's BN in inference mode on averaged
+    statistics; online BN synchronised."""
+    check_two_replicas_equal_one_device(tmp_path, method, mirrored, ema_bn=True)
+
+
+def check_two_replicas_equal_one_device(tmp_path, method, mirrored, **overrides):
+    config = tiny_config(tmp_path, method, batch=8, queue=16, batch_norm="sync",
+                         **overrides)
     single = tf.distribute.get_strategy()
     probe = build_model(config, single, 10, (0.5,) * 3, (0.5,) * 3)
     batches = [tuple(v.numpy() for v in real_views(probe, 8, seed=s)) for s in (1, 2)]

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from tests import _multi_worker_child as child
-from tests.helpers import tiny_config
+from tests.helpers import METHOD_CASES, tiny_config
 from tfssl import trainer
 
-METHODS = ("ressl", "smog")  # a queue and group features
+# A queue (ReSSL) and group features (SMoG): METHOD_CASES' multi_worker entries.
+METHODS = tuple(name for name, case in METHOD_CASES.items() if case.multi_worker)
 TIMEOUT_S = 300
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))

@@ -5,21 +5,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import tiny_config
+from tests.helpers import METHOD_CASES, tiny_config
 from tests.test_methods import real_views
 from tfssl.methods import METHODS
 from tfssl.trainer import build_model, make_train_function
 
 STRATEGY = tf.distribute.get_strategy()
 STEPS = 3
-# Per-method settings that keep the XLA compile small and run the periodic work
-# inside the steps (SMoG: k-means re-grouping and target reset after the last one).
-SETTINGS = {"smog": {"n_groups": 8, "init": "random", "reset_interval": STEPS}}
-# Results of random draws inside the step: TF's stateless RNG gives other bits
-# under XLA than in the CPU kernels (same seed), so SMoG's k-means++ seeding picks
-# other rows. These are checked for unit norm instead of equality.
-RANDOM_RESULTS = {"smog": ("group_features/groups",)}
-
+# Per-method settings (tests/helpers.py METHOD_CASES) keep the XLA compile small and
+# run the periodic work inside the steps (SMoG: k-means re-grouping and target reset
+# after the last one). Results of random draws inside the step (its
+# random_results): TF's stateless RNG gives other bits under XLA than in the CPU
+# kernels (same seed), so SMoG's k-means++ seeding picks other rows; these are
+# checked for unit norm instead of equality.
 
 def run(model, batches, jit_compile):
     """One train function over ``batches``: (function, logs per call)."""
@@ -35,7 +33,7 @@ def run(model, batches, jit_compile):
 @pytest.mark.parametrize("method", METHODS.names())
 def test_xla_step_compiles_once_and_matches_the_graph_step(tmp_path, method):
     config = tiny_config(tmp_path, method, batch=8, queue=16, image_size=16,
-                         **SETTINGS.get(method, {}))
+                         **METHOD_CASES[method].xla)
     graph = build_model(config, STRATEGY, 10, (0.5,) * 3, (0.5,) * 3)
     batches = [tuple(v.numpy() for v in real_views(graph, 8, seed=s))
                for s in range(STEPS)]
@@ -54,7 +52,7 @@ def test_xla_step_compiles_once_and_matches_the_graph_step(tmp_path, method):
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
     for w1, w2 in zip(graph.weights, xla.weights):
-        if w1.path in RANDOM_RESULTS.get(method, ()):
+        if w1.path in METHOD_CASES[method].random_results:
             np.testing.assert_allclose(np.linalg.norm(w2.numpy(), axis=-1), 1.0,
                                        atol=1e-5)
         else:

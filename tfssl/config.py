@@ -157,7 +157,9 @@ class TrainConfig:
     momentum_schedule: str = option(
         "constant", "EMA momentum schedule: constant, or cosine from m0 to 1.",
         one_of("constant", "cosine"))
-    ema_bn: bool = option(False, "Also average BN moving statistics (EMAN).")
+    ema_bn: bool = option(False, "EMAN: the momentum networks' BN runs in "
+                          "inference mode on moving statistics that are the EMA of "
+                          "the online ones (else: batch statistics).")
     queue_size: int = option(4096, "Queue length K (a multiple of the global "
                              "batch).", positive)
     jit_compile: bool = option(False, "Compile the training step with XLA.")

@@ -20,14 +20,31 @@ GROUPS = {"data": config_lib.DataConfig, "model": config_lib.ModelConfig,
 
 
 def _define(cls, prefix, flag_values):
+    """Defines a flag per field of ``cls``.
+
+    A flag that exists already must come from a field with the same default, help
+    and checks (a method whose params reuse a base method's fields then shares its
+    flags); anything else raises ``ValueError`` at import: two definitions of one
+    flag are a programming error, not something to skip silently.
+    """
     for f in dataclasses.fields(cls):
         name = prefix + f.name
-        if name in flag_values:
-            continue
         help_text = f.metadata.get("help", f.name)
         check = f.metadata.get("check")
         default = f.default
         choices = getattr(check, "choices", None)
+        definition = (type(default), default, help_text,
+                      tuple(choices) if choices is not None else None)
+        if name in flag_values:
+            existing = getattr(flag_values[name], "tfssl_definition", None)
+            if existing != definition:
+                where = (f"by another field (default {existing[1]!r}, help "
+                         f"{existing[2]!r})" if existing else "outside tfssl's configs")
+                raise ValueError(
+                    f"flag --{name} of {cls.__name__}.{f.name} (default {default!r}, "
+                    f"help {help_text!r}) is already defined {where}: give the field "
+                    "another name or the class another flag_prefix.")
+            continue
         if choices is not None and isinstance(default, str):
             flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
         elif isinstance(default, bool):
@@ -41,6 +58,7 @@ def _define(cls, prefix, flag_values):
                               flag_values=flag_values)
         else:
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+        flag_values[name].tfssl_definition = definition
 
 
 def define_flags(flag_values=flags.FLAGS):

@@ -1,7 +1,8 @@
 """Loss functions: pure functions of tensors, no state, no flags.
 
 Every function computes in float32 (inputs are cast), returns the mean over the
-local batch as a scalar, and documents the equation it implements.  Gradient
+local batch as a scalar, and documents the equation it implements. In-batch losses
+read the replica context to take their negatives from the global batch.  Gradient
 stopping of targets is done here, where the equation says ``sg``, so a caller
 cannot forget it.
 """
@@ -37,24 +38,46 @@ def info_nce(query, positive, negatives, temperature):
     return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - logits[:, 0])
 
 
-def info_nce_in_batch(query, keys, temperature):
-    """InfoNCE with in-batch negatives: key ``i`` is the positive of query ``i``.
+def info_nce_in_batch(query, keys, temperature, gradient="query"):
+    """InfoNCE with in-batch negatives over the **global** batch.
 
-    ``L = -mean_i log( exp(q_i·k_i/τ) / Σ_j exp(q_i·k_j/τ) )``
+    ``L = -mean_i log( exp(q_i·k_i/τ) / Σ_j exp(q_i·k_j/τ) )``, ``j`` over every
+    row of the global batch: in a replica context with more than one replica the
+    keys of all replicas are gathered (replica order) and the positive of local row
+    ``i`` is global row ``r·B + i`` (``r`` the replica id, ``B`` the local batch).
+    The value is the mean over the local rows, so with the base step's
+    ``loss / replicas`` and summed gradients, value and gradient equal the
+    one-device ones for any replica count (``all_gather``'s gradient returns each
+    replica its keys' share).
 
     Args:
       query: ``[B, d]``, L2-normalised.
-      keys: ``[B, d]``, L2-normalised; gradient is stopped.
+      keys: ``[B, d]``, L2-normalised (the local rows).
       temperature: τ > 0.
+      gradient: the side the gradient flows to: ``"query"`` (keys stopped, as a
+        momentum key; the default), ``"keys"`` (query stopped: the softmax side,
+        over which the normaliser runs) or ``"both"``.
 
     Returns:
       Scalar float32.
     """
+    if gradient not in ("query", "keys", "both"):
+        raise ValueError(f"gradient must be query, keys or both; got {gradient!r}")
     query = tf.cast(query, tf.float32)
-    keys = tf.stop_gradient(tf.cast(keys, tf.float32))
-    logits = tf.matmul(query, keys, transpose_b=True) / temperature  # [B, B]
-    return tf.reduce_mean(
-        tf.reduce_logsumexp(logits, axis=1) - tf.linalg.diag_part(logits))
+    keys = tf.cast(keys, tf.float32)
+    if gradient == "query":
+        keys = tf.stop_gradient(keys)
+    elif gradient == "keys":
+        query = tf.stop_gradient(query)
+    context = tf.distribute.get_replica_context()
+    offset = 0
+    if context is not None and context.num_replicas_in_sync > 1:
+        offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * tf.shape(keys)[0]
+        keys = context.all_gather(keys, axis=0)
+    logits = tf.matmul(query, keys, transpose_b=True) / temperature  # [B, B_global]
+    labels = offset + tf.range(tf.shape(query)[0])
+    positive = tf.gather(logits, labels, axis=1, batch_dims=1)
+    return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - positive)
 
 
 def relation_ce(student_logits, teacher_logits, student_temperature,

@@ -4,15 +4,26 @@ A method subclasses :class:`MomentumMethod` and declares
 
 * ``params_cls`` — a frozen dataclass of its hyper-parameters (flags are made from
   it with the prefix ``flag_prefix``);
-* ``build_heads()`` — its projector / predictor / target networks / queues, made
-  with the helpers below (``momentum_target``, ``memory_bank``, ``mlp``);
+* ``build_heads()`` — its networks and state, made with the helpers below
+  (``build_tower`` for the projector / predictor and their momentum copies,
+  ``memory_bank`` for queues, ``mlp`` for other heads);
 * ``view_specs()`` — the views each example is turned into;
-* ``compute_losses(views, step) -> {"loss": ..., "<term>": ...}``;
-* optionally ``after_step(step)`` for periodic in-graph work and
-  ``summaries()`` for extra TensorBoard values;
+* the step in three parts (see :meth:`MomentumMethod.compute_losses`):
+
+  - ``forward(views, step) -> dict`` — every tensor the objective needs, by name
+    (embeddings, predictions, keys, the queue snapshots it read);
+  - ``objective(out, step) -> {"loss": ..., "<term>": ...}`` — scalars only, from
+    ``out``;
+  - ``commit(out, step)`` — state written after the objective (enqueues, group
+    updates);
+
+* optionally ``terms``: plug-in :class:`Term` classes that read the method's
+  ``out`` and add weighted terms (ReCo's relation terms on MoCo-v2 and BYOL), and
+  ``after_step(step)`` for periodic in-graph work and ``summaries()`` for extra
+  TensorBoard values;
 * ``default_batch_norm`` (what ``--batch_norm=auto`` means for it) and, if every
-  momentum-encoder forward pass goes through ``momentum_forward``,
-  ``supports_shuffle_bn = True``.
+  momentum-encoder forward pass goes through ``momentum_forward`` (``forward_target``
+  does), ``supports_shuffle_bn = True``.
 
 Mixed precision: layers compute in the run's dtype policy (float16 / bfloat16) on
 float32 variables; everything a method computes from their outputs (normalised
@@ -20,9 +31,11 @@ embeddings, logits, softmax, losses, queues, group features) is float32 because
 ``l2_normalize`` and the losses cast their inputs first.
 
 Everything else — the tape, replica loss scaling, the optimizer built on the online
-variables only, the EMA update after the optimizer step, the schedules and the
-metric names — lives here, once.
+variables only, the EMA update after the optimizer step, the schedules, the in-step
+random seeds and the metric names — lives here, once.
 """
+
+import threading
 
 import keras
 import tensorflow as tf
@@ -40,8 +53,46 @@ from tfssl.registry import Registry
 
 METHODS = Registry("method")
 
-#: Folded into ``(seed, step)`` for the shuffling-BN permutations.
-SHUFFLE_STREAM = 7727
+#: Random streams folded into ``(--seed, step)`` by :meth:`MomentumMethod.random_seed`;
+#: one constant per kind of in-step draw, so two kinds never share a seed.
+SHUFFLE_STREAM = 7727  # shuffling-BN permutations
+
+
+class Term:
+    """A plug-in loss term on a :class:`MomentumMethod` (listed in its ``terms``).
+
+    A term reads what the host method's :meth:`~MomentumMethod.forward` returned and
+    adds ``weight · value`` to the loss, without copying the host's code:
+
+    * ``build(method)`` — create its own networks, queues or heads (on ``method``,
+      so they are checkpointed with it);
+    * ``forward(method, views, out, step) -> dict`` — extra tensors, merged into
+      ``out`` (may run forward passes, e.g. of an extra view);
+    * ``objective(method, out, step) -> dict`` — its scalars; the one named
+      ``name`` is the term's loss, added to ``"loss"`` times ``weight``;
+    * ``commit(method, out, step)`` — its state writes, after the host's.
+
+    ``weight(method)`` reads the weight from the method's params; a term whose weight
+    is 0 is not built at all (no variables, no forward passes, no summaries), so the
+    method then computes exactly its host's numbers.
+    """
+
+    name = ""
+
+    def weight(self, method):
+        return 1.0
+
+    def build(self, method):
+        return None
+
+    def forward(self, method, views, out, step):
+        return {}
+
+    def objective(self, method, out, step):
+        raise NotImplementedError
+
+    def commit(self, method, out, step):
+        return None
 
 
 def register_method(name):
@@ -70,6 +121,8 @@ class MomentumMethod(keras.Model):
     projector_batch_norm = True
     # What --batch_norm=auto means for the method (with more than one replica).
     default_batch_norm = "sync"
+    # Plug-in Term classes whose weighted objectives are added to the loss.
+    terms = ()
     # Whether every momentum-encoder forward goes through momentum_forward, so
     # that --batch_norm=shuffle can shuffle it.
     supports_shuffle_bn = False
@@ -96,7 +149,13 @@ class MomentumMethod(keras.Model):
         self._momentum_schedule = schedules.momentum_schedule(
             config.train.momentum_schedule, config.train.momentum,
             self.total_steps)
+        # Momentum-encoder forwards of the step being traced (their shuffle index),
+        # per thread: MirroredStrategy traces each replica's step in its own thread.
+        self._trace_state = threading.local()
         self.build_heads()
+        self._terms = [t for t in (cls() for cls in self.terms) if t.weight(self) != 0]
+        for term in self._terms:
+            term.build(self)
         self._online_variables = None
         # Steps taken. Equal to optimizer.iterations, except that mixed_float16
         # skips the update of a step whose gradients overflow; the stream position
@@ -162,34 +221,112 @@ class MomentumMethod(keras.Model):
         check_queue_size(size, self.run_config.train.global_batch_size)
         return MemoryBank(size, dim, seed=self.run_config.train.seed, name=name)
 
-    def encode(self, x, backbone, projector, training=True):
-        """``norm(g(f(x)))``: ``[B, H, W, 3]`` -> float32 ``[B, d]``.
+    def build_tower(self, predictor=False, projector_last_bn=False):
+        """The online tower and its momentum copy.
 
-        The projector output (compute dtype) is cast to float32 before the
-        normalisation (``l2_normalize``).
+        Online: ``self.backbone`` (``f``), ``self.proj`` (``g``, :meth:`projector`)
+        and, with ``predictor``, ``self.pred`` (``q``, :meth:`predictor`; else
+        ``None``). Momentum (EMA) copies: ``self.target_backbone``,
+        ``self.target_proj``. :meth:`forward_online` and :meth:`forward_target` run
+        them.
         """
-        return l2_normalize(projector(backbone(x, training=training)["pooled"],
-                                      training=training))
+        self.proj = self.projector(last_bn=projector_last_bn)
+        self.pred = self.predictor() if predictor else None
+        self.target_backbone = self.momentum_target(self.backbone)
+        self.target_proj = self.momentum_target(self.proj)
 
-    def momentum_forward(self, fn, x, step, index=0):
+    @staticmethod
+    def tower_forward(x, backbone, projector, predictor=None, training=True):
+        """One forward through a tower: ``[B, H, W, 3]`` -> a dict of
+
+        * ``pooled`` ``[B, C]`` and ``feature_map`` ``[B, h, w, C]`` (``f(x)``),
+        * ``projection`` ``h = g(f(x))`` (compute dtype),
+        * ``embedding`` ``norm(h)`` (float32, unit rows),
+        * ``prediction`` ``q(h)`` (compute dtype; only with a ``predictor``).
+
+        Outputs nothing uses cost nothing: TensorFlow prunes them from the step.
+        """
+        features = backbone(x, training=training)
+        h = projector(features["pooled"], training=training)
+        out = {"pooled": features["pooled"], "feature_map": features["feature_map"],
+               "projection": h, "embedding": l2_normalize(h)}
+        if predictor is not None:
+            out["prediction"] = predictor(h, training=training)
+        return out
+
+    def encode(self, x, backbone, projector, training=True):
+        """``norm(g(f(x)))`` through the given networks: float32 ``[B, d]``."""
+        return self.tower_forward(x, backbone, projector, training=training)[
+            "embedding"]
+
+    def forward_online(self, x, predict=True):
+        """:meth:`tower_forward` through ``f, g`` (and ``q`` if the tower has one and
+        ``predict``), BN in training mode."""
+        return self.tower_forward(x, self.backbone, self.proj,
+                                  self.pred if predict else None)
+
+    def forward_target(self, x, step, outputs=("embedding",)):
+        """The momentum tower ``f_t, g_t`` on ``x`` through :meth:`momentum_forward`:
+        ``{name: tensor}`` for each of ``outputs`` (keys of :meth:`tower_forward`).
+
+        Only the outputs asked for are computed and, under shuffling BN, gathered
+        across replicas. BN runs in training mode (batch statistics), or with
+        ``--ema_bn`` (EMAN) in inference mode on the averaged moving statistics.
+        """
+        training = not self.run_config.train.ema_bn
+
+        def fn(images):
+            out = self.tower_forward(images, self.target_backbone, self.target_proj,
+                                     training=training)
+            return {k: out[k] for k in outputs}
+
+        return self.momentum_forward(fn, x, step)
+
+    def target_embedding(self, x):
+        """``norm(g_t(f_t(x)))`` on the local batch (no shuffling), BN as in
+        :meth:`forward_target`: float32 ``[B, d]``."""
+        return self.encode(x, self.target_backbone, self.target_proj,
+                           training=not self.run_config.train.ema_bn)
+
+    def momentum_forward(self, fn, x, step, index=None):
         """``fn(x)`` for a momentum-encoder branch (``fn`` = the target networks).
 
         With ``batch_norm == "shuffle"`` ``fn`` runs on a shuffled chunk of the
-        global batch (:func:`shuffle_bn.shuffled_apply`) seeded by
-        :meth:`shuffle_seed`; ``index`` tells apart the calls of one step.
-        Otherwise this is ``fn(x)``.
+        global batch (:func:`shuffle_bn.shuffled_apply`; ``fn`` may return a nested
+        structure of ``[B, ...]`` tensors) seeded by :meth:`shuffle_seed`. ``index``
+        tells apart the calls of one step: by default the calls are numbered 0, 1,
+        ... in the order the step makes them. With ``--ema_bn`` the momentum
+        network's BN does not look at the batch, so nothing is shuffled. Otherwise
+        this is ``fn(x)``.
         """
-        if self.batch_norm != "shuffle":
+        calls = getattr(self._trace_state, "momentum_calls", 0)
+        if index is None:
+            index = calls
+        self._trace_state.momentum_calls = max(calls, index + 1)
+        if self.batch_norm != "shuffle" or self.run_config.train.ema_bn:
             return fn(x)
         return shuffled_apply(fn, x, self.shuffle_seed(step, index))
 
-    def shuffle_seed(self, step, index=0):
-        """``[2]`` stateless seed of the shuffling-BN permutation, a pure function of
-        ``(--seed, step, index)``, identical on every replica."""
+    def random_seed(self, step, stream=None, index=None):
+        """``[2]`` int64 stateless seed for a random draw inside the step.
+
+        ``(--seed, step)``, with ``stream`` (a module constant per kind of draw, e.g.
+        :data:`SHUFFLE_STREAM`) and then ``index`` (which draw of that kind in the
+        step) folded in when given. A pure function of its arguments: identical on
+        every replica (each replica draws the same numbers, so global-batch
+        operations agree) and on resume. Use it with ``tf.random.stateless_*``.
+        """
         seed = tf.stack([tf.constant(self.run_config.train.seed, tf.int64),
                          tf.cast(step, tf.int64)])
-        seed = tf.random.experimental.stateless_fold_in(seed, SHUFFLE_STREAM)
-        return tf.random.experimental.stateless_fold_in(seed, index)
+        if stream is not None:
+            seed = tf.random.experimental.stateless_fold_in(seed, stream)
+        if index is not None:
+            seed = tf.random.experimental.stateless_fold_in(seed, index)
+        return seed
+
+    def shuffle_seed(self, step, index=0):
+        """Seed of the shuffling-BN permutation of momentum forward ``index``."""
+        return self.random_seed(step, SHUFFLE_STREAM, index)
 
     @property
     def momentum_pairs(self):
@@ -204,9 +341,39 @@ class MomentumMethod(keras.Model):
         """The views of one example: a tuple of :class:`views.ViewSpec`."""
         raise NotImplementedError
 
-    def compute_losses(self, views, step):
-        """Returns ``{"loss": scalar, "<term>": scalar, ...}`` for local batches."""
+    def forward(self, views, step):
+        """Every tensor the objective needs, by name (see the module docstring)."""
         raise NotImplementedError
+
+    def objective(self, out, step):
+        """``{"loss": scalar, "<term>": scalar, ...}`` from ``forward``'s ``out``."""
+        raise NotImplementedError
+
+    def commit(self, out, step):
+        """State written after the objective (enqueues, group updates)."""
+        return None
+
+    def compute_losses(self, views, step):
+        """``forward``, plug-in terms' forwards, ``objective`` plus the weighted
+        terms, then ``commit`` and the terms' commits; returns the scalars.
+
+        Everything here runs inside the step's gradient tape; the queue snapshots a
+        forward reads are taken before ``commit`` writes, so a method's losses never
+        see the keys of its own step.
+        """
+        self._trace_state.momentum_calls = 0
+        out = dict(self.forward(views, step))
+        for term in self._terms:
+            out.update(term.forward(self, views, out, step) or {})
+        scalars = dict(self.objective(out, step))
+        for term in self._terms:
+            values = term.objective(self, out, step)
+            scalars["loss"] = scalars["loss"] + term.weight(self) * values[term.name]
+            scalars.update(values)
+        self.commit(out, step)
+        for term in self._terms:
+            term.commit(self, out, step)
+        return scalars
 
     def after_step(self, step):
         """In-graph work after the EMA update (``step`` = the step just taken)."""

@@ -7,8 +7,6 @@ from m0 to 1) is set by the flagfiles, not here.
 
 import dataclasses
 
-import tensorflow as tf
-
 from tfssl.data import views
 from tfssl.losses import byol_mse
 from tfssl.methods.base import MomentumMethod, register_method
@@ -27,30 +25,24 @@ class BYOL(MomentumMethod):
     supports_shuffle_bn = True
 
     def build_heads(self):
-        self.proj = self.projector()
-        self.pred = self.predictor()
-        self.target_backbone = self.momentum_target(self.backbone)
-        self.target_proj = self.momentum_target(self.proj)
+        self.build_tower(predictor=True)
 
     def view_specs(self):
         size = self.run_config.data.image_size
         return views.byol_a(size) + views.byol_b(size)
 
-    def _predict(self, x):
-        """``q(g(f(x)))`` in the compute dtype; ``byol_mse`` casts to float32."""
-        return self.pred(self.proj(self.backbone(x, training=True)["pooled"],
-                                   training=True), training=True)
-
-    def _target(self, x):
-        """``g_t(f_t(x))``, cast to float32: ``[B, d]``."""
-        z = self.target_proj(self.target_backbone(x, training=True)["pooled"],
-                             training=True)
-        return tf.cast(z, tf.float32)
-
-    def compute_losses(self, views_, step):
+    def forward(self, views_, step):
+        """``online1``/``online2``: the online forwards of the views (``prediction``
+        ``q(g(f(x)))``); ``z1``/``z2``: target projections ``g_t(f_t(x))``."""
         x1, x2 = views_
-        p1 = self._predict(x1)
-        z2 = self.momentum_forward(self._target, x2, step)
-        z1 = self.momentum_forward(self._target, x1, step, index=1)
-        loss = byol_mse(p1, z2) + byol_mse(self._predict(x2), z1)
+        out = {"online1": self.forward_online(x1)}
+        out["z2"] = self.forward_target(x2, step, ("projection",))["projection"]
+        out["z1"] = self.forward_target(x1, step, ("projection",))["projection"]
+        out["online2"] = self.forward_online(x2)
+        return out
+
+    def objective(self, out, step):
+        p1 = out["online1"]["prediction"]
+        loss = (byol_mse(p1, out["z2"])
+                + byol_mse(out["online2"]["prediction"], out["z1"]))
         return {"loss": loss, "byol": loss, "embedding_std": embedding_std(p1)}

@@ -60,16 +60,29 @@ class MemoryBank(keras.layers.Layer):
         """``[K, d]`` snapshot of the queue, taken before this step's enqueue."""
         return tf.identity(tf.convert_to_tensor(self.queue))
 
-    def enqueue(self, keys):
-        """Gathers ``keys`` ``[B_local, d]`` from all replicas and writes them.
-
-        The gathered block is written at the pointer (wrapping around modulo K) and
-        the pointer advances by the global batch size.  Gradient is stopped.
-        """
+    @staticmethod
+    def gather(keys):
+        """``keys`` ``[B_local, d]`` of every replica, ``[B_global, d]`` float32 in
+        replica order, gradient stopped: the block :meth:`enqueue` writes."""
         keys = tf.stop_gradient(tf.cast(keys, tf.float32))
         context = tf.distribute.get_replica_context()
         if context is not None:
+            rows, dim = keys.shape
             keys = context.all_gather(keys, axis=0)
+            if not tf.executing_eagerly():  # all_gather drops the static shape
+                replicas = context.num_replicas_in_sync
+                keys.set_shape([None if rows is None else rows * replicas, dim])
+        return keys
+
+    def enqueue(self, keys, gathered=False):
+        """Gathers ``keys`` ``[B_local, d]`` from all replicas and writes them.
+
+        The gathered block is written at the pointer (wrapping around modulo K) and
+        the pointer advances by the global batch size.  Gradient is stopped.  With
+        ``gathered``, ``keys`` already is :meth:`gather`'s block.
+        """
+        if not gathered:
+            keys = self.gather(keys)
         n = keys.shape[0]
         if n is not None and n > self.size:
             raise ValueError(f"cannot enqueue {n} keys into a queue of {self.size}")

@@ -34,28 +34,38 @@ class MoCoV2(MomentumMethod):
     supports_shuffle_bn = True
 
     def build_heads(self):
-        self.proj = self.projector()
-        self.target_backbone = self.momentum_target(self.backbone)
-        self.target_proj = self.momentum_target(self.proj)
+        self.build_tower()
         self.queue = self.memory_bank(self.run_config.model.proj_dim)
 
     def view_specs(self):
         return views.strong(self.run_config.data.image_size) * 2
 
     def key(self, x):
-        """Keys ``norm(g_t(f_t(x)))``: float32 ``[B, d]``."""
-        return self.encode(x, self.target_backbone, self.target_proj)
+        """Keys ``norm(g_t(f_t(x)))`` of ``x`` (no shuffling): float32 ``[B, d]``."""
+        return self.target_embedding(x)
 
-    def compute_losses(self, views_, step):
+    def forward(self, views_, step):
+        """``q1``/``k2`` (and ``q2``/``k1`` when symmetric): queries ``norm(g(f(x)))``
+        and keys ``norm(g_t(f_t(x)))``, float32 ``[B, d]``; ``queue`` ``[K, d]``, the
+        negatives as read before this step's enqueue; ``online1`` / ``online2`` the
+        whole online forwards of the two views."""
         x1, x2 = views_
-        tau = self.params.temperature
-        negatives = self.queue.read()
-        q1 = self.encode(x1, self.backbone, self.proj)
-        k2 = self.momentum_forward(self.key, x2, step)
-        loss = info_nce(q1, k2, negatives, tau)
+        out = {"queue": self.queue.read()}
+        out["online1"] = self.forward_online(x1)
+        out["q1"] = out["online1"]["embedding"]
+        out["k2"] = self.forward_target(x2, step)["embedding"]
         if self.params.symmetric:
-            q2 = self.encode(x2, self.backbone, self.proj)
-            k1 = self.momentum_forward(self.key, x1, step, index=1)
-            loss = 0.5 * (loss + info_nce(q2, k1, negatives, tau))
-        self.queue.enqueue(k2)
-        return {"loss": loss, "info_nce": loss, "embedding_std": embedding_std(q1)}
+            out["online2"] = self.forward_online(x2)
+            out["q2"] = out["online2"]["embedding"]
+            out["k1"] = self.forward_target(x1, step)["embedding"]
+        return out
+
+    def objective(self, out, step):
+        tau = self.params.temperature
+        loss = info_nce(out["q1"], out["k2"], out["queue"], tau)
+        if self.params.symmetric:
+            loss = 0.5 * (loss + info_nce(out["q2"], out["k1"], out["queue"], tau))
+        return {"loss": loss, "info_nce": loss, "embedding_std": embedding_std(out["q1"])}
+
+    def commit(self, out, step):
+        self.queue.enqueue(out["k2"])

@@ -28,9 +28,10 @@ class MomentumPair:
     """An online model and its EMA target.
 
     ``θ_t ← m·θ_t + (1−m)·θ`` for every trainable weight; with ``ema_bn`` also for
-    the BatchNorm moving statistics (EMAN, Cai et al. 2021).  Without it the
-    target's BN runs in training mode on its own batch and keeps its own moving
-    statistics.
+    the BatchNorm moving statistics (EMAN, Cai et al. 2021), and the method's
+    momentum forwards then run BN in inference mode on them
+    (``MomentumMethod.forward_target``).  Without it the target's BN runs in
+    training mode on its own batch and keeps its own moving statistics.
 
     Args:
       online: a built ``keras.Model``.

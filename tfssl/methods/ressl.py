@@ -71,10 +71,7 @@ class ReSSL(MomentumMethod):
     supports_shuffle_bn = True
 
     def build_heads(self):
-        self.proj = self.projector()
-        self.pred = self.predictor() if self.params.predictor else None
-        self.target_backbone = self.momentum_target(self.backbone)
-        self.target_proj = self.momentum_target(self.proj)
+        self.build_tower(predictor=self.params.predictor)
         self.queue = self.memory_bank(self.run_config.model.proj_dim)
 
     def view_specs(self):
@@ -85,36 +82,49 @@ class ReSSL(MomentumMethod):
         return views.weak(size) + views.strong(size)
 
     def teacher(self, x):
-        """``norm(g_t(f_t(x)))``: float32 ``[B, d]``."""
-        return self.encode(x, self.target_backbone, self.target_proj)
+        """Teacher embeddings ``norm(g_t(f_t(x)))`` of ``x`` (no shuffling): float32 ``[B, d]``."""
+        return self.target_embedding(x)
 
     def student(self, x):
         """``norm(q(g(f(x))))`` (or ``norm(g(f(x)))`` without predictor), float32."""
-        z = self.proj(self.backbone(x, training=True)["pooled"], training=True)
-        if self.pred is not None:
-            z = self.pred(z, training=True)
-        return l2_normalize(z)
+        return self.student_embedding(self.forward_online(x))
 
-    def compute_losses(self, views_, step):
+    def student_embedding(self, online):
+        """The student embedding of an online forward's outputs."""
+        if "prediction" in online:
+            return l2_normalize(online["prediction"])
+        return online["embedding"]
+
+    def forward(self, views_, step):
+        """``z_t``: teacher embeddings of the weak view; ``queue`` (read before this
+        step's enqueue); ``online``: the online forward of each student crop and
+        ``z_s`` their student embeddings (float32 ``[B, d]`` each)."""
         weak, students = views_[0], views_[1:]
+        out = {"z_t": self.forward_target(weak, step)["embedding"],
+               "queue": self.queue.read()}
+        out["online"] = [self.forward_online(x) for x in students]
+        out["z_s"] = [self.student_embedding(o) for o in out["online"]]
+        return out
+
+    def objective(self, out, step):
         p = self.params
-        z_t = self.momentum_forward(self.teacher, weak, step)
-        queue = self.queue.read()
+        z_t, queue = out["z_t"], out["queue"]
         t_logits = _sim(z_t, queue)
         alpha = schedules.warmup_weight(step, p.warmup_steps)
-        z_students = [self.student(x) for x in students]
         relation, nce = 0.0, 0.0
-        for z_s in z_students:
+        for z_s in out["z_s"]:
             relation += relation_ce(_sim(z_s, queue), t_logits, p.tau_s, p.tau_t)
             if p.warmup_steps > 0:
                 nce += info_nce(z_s, z_t, queue, p.tau_s)
-        relation /= len(students)
-        nce /= len(students)
+        relation /= len(out["z_s"])
+        nce /= len(out["z_s"])
         loss = alpha * relation + (1.0 - alpha) * nce
-        self.queue.enqueue(z_t)
         return {"loss": loss, "relation": relation, "info_nce": nce, "alpha": alpha,
                 "teacher_entropy": entropy(t_logits, p.tau_t),
-                "embedding_std": embedding_std(z_students[0])}
+                "embedding_std": embedding_std(out["z_s"][0])}
+
+    def commit(self, out, step):
+        self.queue.enqueue(out["z_t"])
 
 
 def _sim(z, queue):

@@ -48,12 +48,15 @@ def shuffled_apply(fn, x, seed):
     ``fn(x)``.
 
     Args:
-      fn: row-wise map ``[B, ...] -> [B, ...]`` (batch statistics aside).
+      fn: row-wise map ``[B, ...] -> out`` (batch statistics aside), where ``out``
+        is a tensor or a nested structure (tuple, list, dict) of ``[B, ...]``
+        tensors, e.g. LEWEL's global and aligned embeddings.
       x: local batch ``[B, ...]`` with a static ``B``, the same on every replica.
       seed: int ``[2]`` stateless seed, the same on every replica.
 
     Returns:
-      ``fn``'s output for the local rows, ``[B, ...]``, in ``x``'s order.
+      ``fn``'s output for the local rows, every tensor ``[B, ...]`` in ``x``'s
+      order, with ``fn``'s structure.
     """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
@@ -65,6 +68,13 @@ def shuffled_apply(fn, x, seed):
     everything = context.all_gather(x, axis=0)
     order = permutation(size * context.num_replicas_in_sync, seed)
     out = fn(_chunk(tf.gather(everything, order), replica, size))
-    shuffled_out = context.all_gather(out, axis=0)
-    restored = tf.gather(shuffled_out, tf.math.invert_permutation(order))
-    return _chunk(restored, replica, size)
+    inverse = tf.math.invert_permutation(order)
+
+    def restore(y):
+        if y.shape.rank == 0 or y.shape[0] != size:
+            raise ValueError(f"shuffled BN: every output of fn must have the batch's "
+                             f"{size} rows first; got shape {y.shape}")
+        return _chunk(tf.gather(context.all_gather(y, axis=0), inverse), replica,
+                      size)
+
+    return tf.nest.map_structure(restore, out)

@@ -126,10 +126,7 @@ class SMoG(MomentumMethod):
 
     def build_heads(self):
         p, m, t = self.params, self.run_config.model, self.run_config.train
-        self.proj = self.projector(last_bn=True)
-        self.pred = self.predictor()
-        self.target_backbone = self.momentum_target(self.backbone)
-        self.target_proj = self.momentum_target(self.proj)
+        self.build_tower(predictor=True, projector_last_bn=True)
         self.groups = groups_lib.GroupFeatures(p.n_groups, m.proj_dim, seed=t.seed,
                                                name="group_features")
         size = cache_rows(p, t.global_batch_size)
@@ -169,14 +166,15 @@ class SMoG(MomentumMethod):
 
     @staticmethod
     def _project(crops, backbone, proj):
-        """``g(f(x))`` per crop; consecutive crops of one size share one forward."""
+        """``g(f(x))`` per crop; consecutive crops of one size share one forward (BN
+        over all of them)."""
         out, i = [], 0
         while i < len(crops):
             j = i + 1
             while j < len(crops) and crops[j].shape[1] == crops[i].shape[1]:
                 j += 1
             x = tf.concat(crops[i:j], 0) if j - i > 1 else crops[i]
-            h = proj(backbone(x, training=True)["pooled"], training=True)
+            h = MomentumMethod.tower_forward(x, backbone, proj)["projection"]
             out += tf.split(h, j - i) if j - i > 1 else [h]
             i = j
         return out
@@ -184,71 +182,80 @@ class SMoG(MomentumMethod):
     def _target_embeddings(self, crops, step):
         """``norm(g_t(f_t(x)))`` per target crop (float32 ``[B, d]`` each); the
         crops (all global, one size) share one momentum-encoder forward."""
-        def forward(x):
-            return l2_normalize(self.target_proj(
-                self.target_backbone(x, training=True)["pooled"], training=True))
-
-        z = self.momentum_forward(forward, tf.concat(crops, 0), step)
+        z = self.forward_target(tf.concat(crops, 0), step)["embedding"]
         return tf.split(z, len(crops))
-
-    def _seed(self, step):
-        return tf.stack([tf.constant(self.run_config.train.seed, tf.int64),
-                         tf.cast(step, tf.int64)])
-
-    def _latest_cached(self, n):
-        """The ``n`` rows enqueued last (this step's, all replicas)."""
-        index = (self.cache.pointer - n + tf.range(n)) % self.cache.size
-        return tf.gather(self.cache.read(), index)
 
     def _kmeans(self, x, step):
         p = self.params
-        return groups_lib.kmeans(x, p.n_groups, p.kmeans_iters, self._seed(step))[0]
+        return groups_lib.kmeans(x, p.n_groups, p.kmeans_iters,
+                                 self.random_seed(step))[0]
 
     # -- the method ---------------------------------------------------------------
 
-    def compute_losses(self, views_, step):
+    def forward(self, views_, step):
+        """``h``/``z``/``pred``: per online crop the projection ``g(f(x))``, its
+        normalisation and the prediction ``q(h)`` (one predictor forward per crop);
+        ``z_t``: per
+        target crop ``norm(g_t(f_t(x)))``; ``groups``: ``G`` as read (the k-means of
+        this step's features at step 0 with ``init=kmeans``); ``cache_rows``: the
+        gathered online global features the commit enqueues."""
         p = self.params
         step = tf.cast(step, tf.int64)
         online, target, pairing = self.roles(views_, step)
         n_global = 2 if p.symmetric else 1
-        h = self._project(online, self.backbone, self.proj)
-        z = [l2_normalize(x) for x in h]
-        preds = [self.pred(x, training=True) for x in h]
-        z_t = self._target_embeddings(target, step)
-
-        if self.cache is not None:  # view-major, gathered: same rows as one device
-            for zg in z[:n_global]:
-                self.cache.enqueue(zg)
+        out = {"pairing": pairing, "n_global": n_global}
+        out["h"] = self._project(online, self.backbone, self.proj)
+        # Normalised per crop, after the split (on the joint batch the row sums
+        # round differently).
+        out["z"] = [l2_normalize(x) for x in out["h"]]
+        out["pred"] = [self.pred(x, training=True) for x in out["h"]]
+        out["z_t"] = self._target_embeddings(target, step)
+        # View-major and gathered: the same rows as on one device.
+        if self.cache is not None:
+            out["cache_rows"] = [MemoryBank.gather(zg) for zg in out["z"][:n_global]]
         current = self.groups.read()
         if p.init == "kmeans":
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            latest = self._latest_cached(
-                n_global * tf.shape(z[0])[0] * replicas)
+            latest = tf.concat(out["cache_rows"], 0)
             current = tf.cond(tf.equal(step, 0),
                               lambda: self._kmeans(latest, step), lambda: current)
+        out["groups"] = current
+        return out
 
-        assigned = [groups_lib.assign_groups(x, current) for x in z_t]
-        labels = [assigned[k] for k in pairing]
+    def objective(self, out, step):
+        """The group contrast (eq. 3) against ``G'`` of the synchronous update (eq.
+        4); adds ``new_groups`` and ``counts`` to ``out`` for the commit."""
+        p = self.params
+        step = tf.cast(step, tf.int64)
+        n_global, z = out["n_global"], out["z"]
+        assigned = [groups_lib.assign_groups(x, out["groups"]) for x in out["z_t"]]
+        labels = [assigned[k] for k in out["pairing"]]
         beta = self.beta_at(step)
         new_groups, counts = groups_lib.synchronous_update(
-            current, tf.concat(z[:n_global], 0), tf.concat(labels[:n_global], 0), beta)
+            out["groups"], tf.concat(z[:n_global], 0),
+            tf.concat(labels[:n_global], 0), beta)
+        out["new_groups"], out["counts"] = new_groups, counts
 
         ce, accuracy = 0.0, 0.0
-        for pred, label in zip(preds, labels):
+        for pred, label in zip(out["pred"], labels):
             term, logits = groups_lib.group_cross_entropy(pred, new_groups, label,
                                                           p.temperature)
             ce += term
             hit = tf.equal(tf.argmax(logits, 1, output_type=tf.int32), label)
             accuracy += tf.reduce_mean(tf.cast(hit, tf.float32))
-        ce /= len(preds)
-        accuracy /= len(preds)
-
-        self.groups.write(new_groups)
-        window = p.reset_interval or self.total_steps + 1
-        self.groups.count(counts, tf.equal(step % window, 0))
+        ce /= len(out["pred"])
+        accuracy /= len(out["pred"])
         return {"loss": ce, "group_ce": ce, "beta": beta, "group_acc": accuracy,
                 "groups_used": tf.reduce_sum(tf.cast(counts > 0, tf.float32)),
                 "embedding_std": embedding_std(z[0])}
+
+    def commit(self, out, step):
+        """Enqueues the online global features, stores ``sg(G')``, counts."""
+        step = tf.cast(step, tf.int64)
+        for rows in out.get("cache_rows", ()):
+            self.cache.enqueue(rows, gathered=True)
+        self.groups.write(out["new_groups"])
+        window = self.params.reset_interval or self.total_steps + 1
+        self.groups.count(out["counts"], tf.equal(step % window, 0))
 
     def after_step(self, step):
         """At the end of every ``reset_interval``-th step: k-means on the cache -> ``G``,

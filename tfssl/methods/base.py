@@ -73,7 +73,7 @@ class Term:
     * ``commit(method, out, step)`` — its state writes, after the host's.
 
     ``weight(method)`` reads the weight from the method's params; a term whose weight
-    is 0 is not built at all (no variables, no forward passes, no summaries), so the
+    is 0 is not built at all (no variables, no forward passes), so the
     method then computes exactly its host's numbers.
     """
 
@@ -259,11 +259,10 @@ class MomentumMethod(keras.Model):
         return self.tower_forward(x, backbone, projector, training=training)[
             "embedding"]
 
-    def forward_online(self, x, predict=True):
-        """:meth:`tower_forward` through ``f, g`` (and ``q`` if the tower has one and
-        ``predict``), BN in training mode."""
-        return self.tower_forward(x, self.backbone, self.proj,
-                                  self.pred if predict else None)
+    def forward_online(self, x):
+        """:meth:`tower_forward` through ``f, g`` (and ``q`` if the tower has one),
+        BN in training mode."""
+        return self.tower_forward(x, self.backbone, self.proj, self.pred)
 
     def forward_target(self, x, step, outputs=("embedding",)):
         """The momentum tower ``f_t, g_t`` on ``x`` through :meth:`momentum_forward`:

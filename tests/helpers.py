@@ -12,6 +12,7 @@ def tiny_config(model_dir, method="moco_v2", *, batch=16, queue=64, epochs=1,
                 steps=2, **overrides):
     """A RunConfig small enough for a unit test; ``overrides`` by field name."""
     params_cls = get_method(method).params_cls
+    params = METHOD_CASES[method].params if method in METHOD_CASES else {}
     parts = {
         # One example per map call: 4 (the default) costs ~8 s more tracing per
         # pipeline; tests/test_pipeline.py covers the grouped calls.
@@ -24,7 +25,7 @@ def tiny_config(model_dir, method="moco_v2", *, batch=16, queue=64, epochs=1,
             method=method, global_batch_size=batch, queue_size=queue, epochs=epochs,
             steps_per_epoch=steps, knn_train_examples=256, knn_eval_examples=128,
             knn_k=20, log_every_steps=1),
-        "method_params": params_cls(),
+        "method_params": params_cls(**params),
     }
     for key, value in overrides.items():
         for name, part in parts.items():
@@ -59,6 +60,7 @@ class MethodCase:
       replica_test: ``None`` when ``tests/test_distributed.py`` checks one device
         against two replicas, else the file with a stricter version of that test.
       multi_worker: trained by ``tests/test_multi_worker.py`` (two processes).
+      params: method params :func:`tiny_config` sets (before its overrides).
     """
 
     default_batch_norm: str = "sync"
@@ -66,6 +68,7 @@ class MethodCase:
     random_results: tuple = ()
     replica_test: str = None
     multi_worker: bool = False
+    params: dict = dataclasses.field(default_factory=dict)
 
 
 # A new method adds one entry here; tests/test_methods.py checks every registered
@@ -78,6 +81,16 @@ METHOD_CASES = {
     "smog": MethodCase(xla={"n_groups": 8, "init": "random", "reset_interval": 3},
                        random_results=("group_features/groups",),
                        replica_test="tests/test_smog.py", multi_worker=True),
+    # Mixing groups of 4 rows: two per replica at the tests' batch of 8 on two.
+    "reco_moco_v2": MethodCase(default_batch_norm="shuffle",
+                               params={"group_size": 4}),
+    # XLA without the global term: on BYOL at this size it is ill-conditioned (the
+    # weak keys in Q_w are nearly equal at initialisation and τ_tt = 0.04 makes the
+    # target near one-hot): a 1e-6 relative change of the weights moves the plain
+    # step's momentum buffers by 0.8 after 3 steps, as much as XLA's rounding does.
+    # reco_moco_v2's entry compiles the same term's code.
+    "reco_byol": MethodCase(params={"group_size": 4},
+                            xla={"lambda_global": 0.0}),
 }
 
 

@@ -14,11 +14,11 @@ STRATEGY = tf.distribute.get_strategy()
 
 def real_views(model, n, seed=0):
     images = tf.constant(fashion_batch(n, seed))
-    per_example = [views_lib.make_views(images[i], model.view_specs(),
+    per_example = [views_lib.make_views(images[i], model.input_view_specs(),
                                         tf.constant([seed, i], tf.int64))
                    for i in range(n)]
     return tuple(tf.stack([v[j] for v in per_example])
-                 for j in range(len(model.view_specs())))
+                 for j in range(len(model.input_view_specs())))
 
 
 @pytest.mark.parametrize("method", METHODS.names())

@@ -60,7 +60,7 @@ def test_queue_holds_teacher_embeddings_of_the_weak_view(tmp_path):
     model.train_step(views)
     np.testing.assert_allclose(model.queue.read().numpy()[:8], z_t, atol=1e-5)
     assert not np.allclose(model.queue.read().numpy()[:8], z_s[0], atol=1e-3)
-    specs = model.view_specs()
+    specs = model.input_view_specs()
     assert specs[0].jitter_p == specs[0].blur_p == specs[0].gray_p == 0.0  # weak
     assert specs[1].jitter_p == 0.8  # strong
 

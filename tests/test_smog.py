@@ -218,7 +218,7 @@ def test_init_kmeans_and_reset_exactly_at_the_interval(tmp_path):
 def test_multicrop_loss_and_pairing_match_numpy(tmp_path):
     model = make(tmp_path, n_groups=6, crops=6, symmetric=True, init="random",
                  beta_schedule="constant", beta=0.8)
-    specs = model.view_specs()
+    specs = model.input_view_specs()
     assert [s.size for s in specs] == [28, 28, 12, 12, 12, 12]
     assert [s.solarize_p for s in specs] == [0.0, 0.2] * 3  # byol_a, byol_b, ...
     assert [s.crop_scale for s in specs] == [(0.2, 1.0)] * 2 + [(0.05, 0.2)] * 4

@@ -45,10 +45,27 @@ def one_of(*choices):
     return check
 
 
-def option(default, help, check=None):
-    """A dataclass field with its flag help text and validity check."""
-    return dataclasses.field(default=default,
-                             metadata={"help": help, "check": check})
+def option(default, help, check=None, flag_prefix=None):
+    """A dataclass field with its flag help text and validity check.
+
+    ``flag_prefix`` overrides the prefix its class's flags get (a method's
+    ``flag_prefix``): ReCo's params hold MoCo-v2's fields (``--moco_...``) and its
+    own (``--reco_...``) in one class.
+    """
+    metadata = {"help": help, "check": check}
+    if flag_prefix is not None:
+        metadata["flag_prefix"] = flag_prefix
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_name(field, prefix=""):
+    """The flag (without ``--``) of a config dataclass ``field`` under ``prefix``."""
+    return field.metadata.get("flag_prefix", prefix) + field.name
+
+
+def flag_names(cls, prefix=""):
+    """``{field name: flag name}`` of the dataclass (or instance) ``cls``."""
+    return {f.name: flag_name(f, prefix) for f in dataclasses.fields(cls)}
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -73,7 +90,7 @@ def validate(obj, prefix=""):
         if problem is None and check is not None:
             problem = check(value)
         if problem:
-            raise UserError(f"--{prefix}{f.name}={value} {problem}.")
+            raise UserError(f"--{flag_name(f, prefix)}={value} {problem}.")
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """absl flags, made from the config dataclasses; read by entry points only.
 
 Every field of :mod:`tfssl.config`'s dataclasses becomes a flag of the same name
-(method hyper-parameters get their method's prefix, e.g. ``--ressl_tau_t``), with
+(method hyper-parameters get their method's prefix, e.g. ``--ressl_tau_t``, or
+the field's own ``flag_prefix``), with
 the field's default and help text; enum-like fields become ``DEFINE_enum``.
 :func:`run_config_from_flags` turns the parsed flags into a validated, frozen
 :class:`tfssl.config.RunConfig`.
@@ -28,7 +29,7 @@ def _define(cls, prefix, flag_values):
     flag are a programming error, not something to skip silently.
     """
     for f in dataclasses.fields(cls):
-        name = prefix + f.name
+        name = config_lib.flag_name(f, prefix)
         help_text = f.metadata.get("help", f.name)
         check = f.metadata.get("check")
         default = f.default
@@ -77,12 +78,13 @@ def define_flags(flag_values=flags.FLAGS):
 def _values(cls, prefix, flag_values):
     out = {}
     for f in dataclasses.fields(cls):
-        value = flag_values[prefix + f.name].value
+        name = config_lib.flag_name(f, prefix)
+        value = flag_values[name].value
         if isinstance(f.default, tuple):
             try:
                 value = tuple(type(f.default[0])(v) for v in value)
             except ValueError:
-                raise UserError(f"--{prefix}{f.name}={','.join(value)} must be a "
+                raise UserError(f"--{name}={','.join(value)} must be a "
                                 "comma-separated list of numbers.") from None
         out[f.name] = value
     return cls(**out)

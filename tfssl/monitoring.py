@@ -5,6 +5,7 @@
   averaged over dimensions. A collapsed representation gives 0; embeddings spread
   uniformly on the sphere give about ``1/sqrt(d)``.
 * :func:`write_view_grid` — each view recipe's augmented samples at the start.
+* :func:`write_images` — a method's first-batch pictures (ReCo's mixed images).
 * :func:`write_method_summaries` — a method's own extras (``model.summaries()``).
 * :func:`export_projector` — test-set features for TensorBoard's projector.
 """
@@ -44,6 +45,14 @@ def write_view_grid(writer, views, specs, max_images=8):
             tf.summary.image(f"views/{i}_{spec.size}px", batch[:max_images],
                              max_outputs=max_images,
                              description=f"view {i}: {spec}")
+
+
+def write_images(writer, images, max_images=8, step=0):
+    """Writes each ``{name: [N, H, W, C] in [0, 1]}`` batch as an image summary."""
+    with writer.as_default(step=step):
+        for name, batch in images.items():
+            tf.summary.image(name, tf.clip_by_value(batch[:max_images], 0.0, 1.0),
+                             max_outputs=max_images)
 
 
 def write_method_summaries(writer, step, summaries):

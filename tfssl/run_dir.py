@@ -164,12 +164,17 @@ def read_config_dict(model_dir, config_file):
         raise UserError(f"cannot read {path}: {_reason(e)}.") from None
 
 
-def _flag_name(group, name, prefix):
-    return f"--{prefix}{name}" if group == "method_params" else f"--{name}"
+def _flag_name(group, name, params_flags):
+    if group == "method_params":
+        return "--" + params_flags.get(name, name)
+    return f"--{name}"
 
 
-def resume_conflicts(previous, current, params_prefix):
+def resume_conflicts(previous, current, params_flags):
     """The settings of ``current`` (a config dict) that differ from the run's.
+
+    ``params_flags`` maps the method's param names to their flags
+    (:func:`tfssl.config.flag_names`).
 
     Returns:
       ``["--backbone: run resnet18, this command resnet10", ...]``: every field
@@ -195,7 +200,7 @@ def resume_conflicts(previous, current, params_prefix):
                     continue
             elif name in RESUMABLE.get(group, ()) or old == value:
                 continue
-            out.append(f"{_flag_name(group, name, params_prefix)}: run "
+            out.append(f"{_flag_name(group, name, params_flags)}: run "
                        f"{_show(old)}, this command {_show(value)}")
     return out
 

@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from tfssl import checkpoints, monitoring, optim, run_dir, schedules
+from tfssl import config as config_lib
 from tfssl.data import pipeline
 from tfssl.data.sources import load_source
 from tfssl.errors import UserError
@@ -106,8 +107,10 @@ def check_run_dir(config, resuming):
             f"--model_dir={config.model_dir} holds a {old} run; --method="
             f"{config.train.method} would overwrite it. Use another --model_dir.")
     if resuming:
-        prefix = get_method(config.train.method).flag_prefix
-        conflicts = run_dir.resume_conflicts(previous, config.to_dict(), prefix)
+        method = get_method(config.train.method)
+        conflicts = run_dir.resume_conflicts(
+            previous, config.to_dict(),
+            config_lib.flag_names(method.params_cls, method.flag_prefix))
         if conflicts:
             shown = "; ".join(conflicts[:4]) + (
                 f"; and {len(conflicts) - 4} more" if len(conflicts) > 4 else "")
@@ -406,9 +409,11 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
         writer = tf.summary.create_noop_writer()
     if step == 0 and chief:
         first = pipeline.pretrain_dataset(
-            source, model.view_specs(), t.global_batch_size, seed=t.seed,
+            source, model.input_view_specs(), t.global_batch_size, seed=t.seed,
             examples_per_call=config.data.examples_per_call).take(1)
-        monitoring.write_view_grid(writer, next(iter(first)), model.view_specs())
+        batch = next(iter(first))
+        monitoring.write_view_grid(writer, batch, model.input_view_specs())
+        monitoring.write_images(writer, model.first_batch_images(batch))
     if step == 0 and knn_sources:
         summary["knn_init"] = knn_eval(model.backbone, config, *knn_sources)
         _append_jsonl(metrics_path, {"epoch": 0, "step": 0,
@@ -421,7 +426,7 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
               f"{t.global_batch_size}/256 = {config.learning_rate():.5g} (peak); "
               f"{spe} steps/epoch, {total_steps} steps in all.")
 
-    iterator = iter(distributed_pretrain_dataset(strategy, source, model.view_specs(),
+    iterator = iter(distributed_pretrain_dataset(strategy, source, model.input_view_specs(),
                                                  config, step))
     train_function = make_train_function(model, strategy, t.jit_compile)
 

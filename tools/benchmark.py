@@ -164,7 +164,7 @@ def fixed_batch_step(model, strategy, config, source):
 
     t = config.train
     fixed = next(iter(pipeline.pretrain_dataset(
-        source, model.view_specs(), t.global_batch_size, seed=t.seed,
+        source, model.input_view_specs(), t.global_batch_size, seed=t.seed,
         num_parallel_calls=config.data.num_parallel_calls,
         examples_per_call=config.data.examples_per_call)))
     repeated = tf.data.Dataset.from_tensors(fixed).repeat()
@@ -196,7 +196,7 @@ def main(argv):
     strategy = make_strategy(t.strategy, t.tpu, t.cpu_devices)
     source = benchmark_source(config)
     model = build_model(config, strategy, 1000, source.mean, source.std)
-    specs = model.view_specs()
+    specs = model.input_view_specs()
 
     pipe_rate = None
     if FLAGS.pipeline_batches and not FLAGS.bare_backbone:

@@ -54,7 +54,7 @@ def fingerprint(case, overrides, steps, strategy):
     config = tiny_config("/tmp/unused", method, steps=4, momentum=0.9, **overrides)
     source = load_source("fashion_mnist", "train")
     model = trainer.build_model(config, strategy, 4, source.mean, source.std)
-    dataset = pipeline.pretrain_dataset(source, model.view_specs(), 16, seed=0,
+    dataset = pipeline.pretrain_dataset(source, model.input_view_specs(), 16, seed=0,
                                         examples_per_call=1)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     step_fn = trainer.make_train_function(model, strategy)

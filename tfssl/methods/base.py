@@ -66,11 +66,17 @@ class Term:
 
     * ``build(method)`` — create its own networks, queues or heads (on ``method``,
       so they are checkpointed with it);
+    * ``view_specs(method)`` — extra views it needs, appended after the host's
+      (and after earlier terms'); they are ``views[self.view_offset:]`` in its
+      ``forward``;
     * ``forward(method, views, out, step) -> dict`` — extra tensors, merged into
-      ``out`` (may run forward passes, e.g. of an extra view);
+      ``out`` (may run forward passes, e.g. of an extra view); ``views`` is every
+      view of the step, the host's first;
     * ``objective(method, out, step) -> dict`` — its scalars; the one named
       ``name`` is the term's loss, added to ``"loss"`` times ``weight``;
-    * ``commit(method, out, step)`` — its state writes, after the host's.
+    * ``commit(method, out, step)`` — its state writes, after the host's;
+    * ``images(method, views)`` — ``{name: [N, H, W, 3]}`` images to show in
+      TensorBoard for the run's first batch (computed eagerly, at step 0).
 
     ``weight(method)`` reads the weight from the method's params; a term whose weight
     is 0 is not built at all (no variables, no forward passes), so the
@@ -78,12 +84,16 @@ class Term:
     """
 
     name = ""
+    view_offset = 0  # set by the method: the index of this term's first own view
 
     def weight(self, method):
         return 1.0
 
     def build(self, method):
         return None
+
+    def view_specs(self, method):
+        return ()
 
     def forward(self, method, views, out, step):
         return {}
@@ -93,6 +103,9 @@ class Term:
 
     def commit(self, method, out, step):
         return None
+
+    def images(self, method, views):
+        return {}
 
 
 def register_method(name):
@@ -156,6 +169,7 @@ class MomentumMethod(keras.Model):
         self._terms = [t for t in (cls() for cls in self.terms) if t.weight(self) != 0]
         for term in self._terms:
             term.build(self)
+        self.input_view_specs()  # sets each term's view_offset
         self._online_variables = None
         # Steps taken. Equal to optimizer.iterations, except that mixed_float16
         # skips the update of a step whose gradients overflow; the stream position
@@ -215,11 +229,15 @@ class MomentumMethod(keras.Model):
         self._momentum_pairs.append(pair)
         return pair.target
 
-    def memory_bank(self, dim, name="queue", size=None):
-        """A :class:`MemoryBank` of ``size`` (default ``--queue_size``) entries."""
+    def memory_bank(self, dim, name="queue", size=None, stream=None):
+        """A :class:`MemoryBank` of ``size`` (default ``--queue_size``) entries;
+        a second queue of a method passes another ``stream`` (its initial content
+        then differs from the first's)."""
         size = size or self.run_config.train.queue_size
         check_queue_size(size, self.run_config.train.global_batch_size)
-        return MemoryBank(size, dim, seed=self.run_config.train.seed, name=name)
+        kwargs = {} if stream is None else {"stream": stream}
+        return MemoryBank(size, dim, seed=self.run_config.train.seed, name=name,
+                          **kwargs)
 
     def build_tower(self, predictor=False, projector_last_bn=False):
         """The online tower and its momentum copy.
@@ -337,8 +355,25 @@ class MomentumMethod(keras.Model):
         raise NotImplementedError
 
     def view_specs(self):
-        """The views of one example: a tuple of :class:`views.ViewSpec`."""
+        """The method's own views of one example: a tuple of :class:`views.ViewSpec`
+        (its ``forward`` receives these)."""
         raise NotImplementedError
+
+    def input_view_specs(self):
+        """Every view the step reads: :meth:`view_specs`, then each plug-in term's
+        own (the input pipeline makes these)."""
+        specs = tuple(self.view_specs())
+        for term in self._terms:
+            term.view_offset = len(specs)
+            specs += tuple(term.view_specs(self))
+        return specs
+
+    def first_batch_images(self, views):
+        """``{name: images}`` the terms show for the first batch (TensorBoard)."""
+        out = {}
+        for term in self._terms:
+            out.update(term.images(self, tuple(views)) or {})
+        return out
 
     def forward(self, views, step):
         """Every tensor the objective needs, by name (see the module docstring)."""
@@ -361,7 +396,8 @@ class MomentumMethod(keras.Model):
         see the keys of its own step.
         """
         self._trace_state.momentum_calls = 0
-        out = dict(self.forward(views, step))
+        own = len(self.view_specs()) if self._terms else len(views)
+        out = dict(self.forward(tuple(views[:own]), step))
         for term in self._terms:
             out.update(term.forward(self, views, out, step) or {})
         scalars = dict(self.objective(out, step))

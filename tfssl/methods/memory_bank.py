@@ -34,16 +34,19 @@ class MemoryBank(keras.layers.Layer):
       size: K, number of entries.
       dim: d, key dimension.
       seed: seed of the initial content (unit-norm Gaussian rows, as MoCo).
+      stream: second half of that content's stateless seed (a method's second
+        queue takes another, so the two do not start equal).
     """
 
-    def __init__(self, size, dim, seed=0, **kwargs):
+    def __init__(self, size, dim, seed=0, stream=7919, **kwargs):
         super().__init__(**kwargs)
         self.size = int(size)
         self.dim = int(dim)
         self.seed = int(seed)
+        self.stream = int(stream)
 
         def init(shape, dtype=None):
-            x = tf.random.stateless_normal(shape, seed=[self.seed, 7919])
+            x = tf.random.stateless_normal(shape, seed=[self.seed, self.stream])
             return tf.math.l2_normalize(x, axis=1)
 
         # ONLY_FIRST_REPLICA: every replica writes the same gathered keys; the first
@@ -93,4 +96,4 @@ class MemoryBank(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "dim": self.dim,
-                "seed": self.seed}
+                "seed": self.seed, "stream": self.stream}

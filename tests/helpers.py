@@ -91,6 +91,8 @@ METHOD_CASES = {
     # reco_moco_v2's entry compiles the same term's code.
     "reco_byol": MethodCase(params={"group_size": 4},
                             xla={"lambda_global": 0.0}),
+    "lewel_b": MethodCase(),
+    "lewel_m": MethodCase(default_batch_norm="shuffle"),
 }
 
 

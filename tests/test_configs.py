@@ -52,3 +52,24 @@ def test_ressl_numbers_from_the_paper():
 def test_later_flags_override_the_flagfile():
     c = parse("configs/cifar10/moco_v2.flags", "--queue_size=8192", "--epochs=3")
     assert (c.train.queue_size, c.train.epochs) == (8192, 3)
+
+
+def test_reco_and_lewel_numbers_from_the_papers():
+    c = parse("configs/imagenet2012/reco_moco_v2.flags")
+    p = c.method_params
+    assert (c.optim.optimizer, c.optim.weight_decay, c.train.queue_size,
+            c.train.momentum, p.temperature) == ("sgd", 5e-4, 65536, 0.999, 0.2)
+    assert c.learning_rate() == pytest.approx(0.03)
+    assert (p.lambda_global, p.lambda_local, p.tau_online, p.tau_target, p.mix,
+            p.alpha) == (1.0, 2.0, 0.1, 0.04, "cutmix", 1.0)
+    b = parse("configs/imagenet2012/lewel_b.flags")
+    assert (b.optim.optimizer, b.optim.weight_decay, b.train.ema_bn,
+            b.train.momentum, b.train.momentum_schedule) == (
+        "lars", 1.5e-6, True, 0.98, "cosine")
+    assert b.learning_rate() == pytest.approx(3.6)  # at B 1024
+    assert (b.model.proj_dim, b.method_params.groups, b.method_params.beta) == (
+        256, 4, 0.5)
+    m = parse("configs/imagenet2012/lewel_m.flags")
+    assert (m.optim.weight_decay, m.train.momentum, m.model.proj_dim,
+            m.method_params.temperature) == (1e-4, 0.999, 128, 0.2)
+    assert m.learning_rate() == pytest.approx(0.06)

@@ -69,9 +69,13 @@ def check_two_replicas_equal_one_device(tmp_path, method, mirrored, **overrides)
             for other in replicas[1:]:
                 np.testing.assert_array_equal(replicas[0].numpy(), other.numpy(),
                                               err_msg=w.path)
-    queue = getattr(two, "queue", None)
-    if queue is not None:
+    # Unit keys; 2e-5: LEWEL_M's synchronised projector BN sums B·(1 + H·W) rows
+    # per replica in another order (measured 1.05e-5 on one of 256 entries).
+    for name in ("queue", "queue_w"):
+        queue = getattr(two, name, None)
+        if queue is None:
+            continue
         for replica in queue.queue.value.values:
-            np.testing.assert_allclose(replica.numpy(), one.queue.read().numpy(),
-                                       atol=1e-5)
-        assert int(queue.pointer.numpy()) == int(one.queue.pointer.numpy())
+            np.testing.assert_allclose(replica.numpy(),
+                                       getattr(one, name).read().numpy(), atol=2e-5)
+        assert int(queue.pointer.numpy()) == int(getattr(one, name).pointer.numpy())

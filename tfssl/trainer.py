@@ -25,10 +25,12 @@ from tfssl.data import pipeline
 from tfssl.data.sources import load_source
 from tfssl.errors import UserError
 from tfssl.evaluation import knn
-from tfssl.methods import get_method
+from tfssl.methods import MomentumMethod, get_method
 from tfssl.models import precision
 
 CONFIG_FILE = "config.json"
+#: Evaluation images a method draws its monitor pictures on (LEWEL's maps).
+MONITOR_IMAGES = 8
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -414,6 +416,12 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
         batch = next(iter(first))
         monitoring.write_view_grid(writer, batch, model.input_view_specs())
         monitoring.write_images(writer, model.first_batch_images(batch))
+    monitor_batch = None
+    if chief and type(model).monitor_images is not MomentumMethod.monitor_images:
+        eval_source = knn_sources[1] if knn_sources else source
+        monitor_batch = next(iter(pipeline.eval_dataset(
+            eval_source, config.data.image_size, MONITOR_IMAGES,
+            limit=MONITOR_IMAGES)))[0]
     if step == 0 and knn_sources:
         summary["knn_init"] = knn_eval(model.backbone, config, *knn_sources)
         _append_jsonl(metrics_path, {"epoch": 0, "step": 0,
@@ -477,6 +485,9 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
                 record.update({f"knn_{k}": v for k, v in result.items()})
                 if verbose:
                     print(f"epoch {epoch + 1}: kNN top-1 {result['top1']:.2f}%")
+            if monitor_batch is not None:
+                monitoring.write_images(writer, model.monitor_images(monitor_batch),
+                                        step=step)
             with writer.as_default(step=step):
                 tf.summary.scalar("train/images_per_sec", record["images_per_sec"])
                 if "knn_top1" in record:

@@ -410,6 +410,12 @@ class MomentumMethod(keras.Model):
             term.commit(self, out, step)
         return scalars
 
+    def monitor_images(self, images):
+        """``{name: [1, H, W, 3]}`` pictures of a fixed batch of evaluation
+        ``images`` (``[N, S, S, 3]`` in ``[0, 1]``), drawn at every epoch end
+        (LEWEL's alignment maps); none by default."""
+        return {}
+
     def after_step(self, step):
         """In-graph work after the EMA update (``step`` = the step just taken)."""
         return None

@@ -98,3 +98,30 @@ METHOD_CASES = {
 
 def method_case(name):
     return METHOD_CASES[name]
+
+
+def train_straight_and_resumed(tmp_path, method, **overrides):
+    """Trains 2 epochs of 2 steps straight (``tmp_path/a``) and with a stop after
+    step 1 and a resume (``tmp_path/b``); asserts every weight and optimizer
+    variable is equal bit for bit and returns the straight run's model."""
+    from tfssl.trainer import train
+
+    def config(name):
+        return tiny_config(tmp_path / name, method, epochs=2, steps=2, **overrides)
+
+    _, straight = train(config("a"), verbose=0)
+    train(config("b"), verbose=0, stop_at_step=1)
+    _, resumed = train(config("b"), verbose=0)
+    for a, b in zip(straight.weights + straight.optimizer.variables,
+                    resumed.weights + resumed.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    return straight
+
+
+def tensorboard_events(log_dir):
+    """A loaded ``EventAccumulator`` of ``log_dir`` (every tensor event kept)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import tiny_config
+from tests.helpers import (tensorboard_events, tiny_config,
+                           train_straight_and_resumed)
 from tests.test_losses import np_info_nce
 from tests.test_methods import real_views
 from tfssl.config import validate_run
 from tfssl.errors import UserError
 from tfssl.methods import lewel
-from tfssl.trainer import build_model, train
+from tfssl.trainer import build_model
 
 STRATEGY = tf.distribute.get_strategy()
 rng = np.random.default_rng(0)
@@ -176,25 +177,12 @@ def test_defaults_and_bad_combinations(tmp_path):
 
 
 def test_resume_is_exact_and_tensorboard_draws_the_maps(tmp_path):
-    def config(name):
-        return tiny_config(tmp_path / name, "lewel_m", epochs=2, steps=2)
-
-    _, straight = train(config("a"), verbose=0)
-    train(config("b"), verbose=0, stop_at_step=1)
-    _, resumed = train(config("b"), verbose=0)
-    for a, b in zip(straight.weights + straight.optimizer.variables,
-                    resumed.weights + resumed.optimizer.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-
-    from tensorboard.backend.event_processing import event_accumulator
-
-    acc = event_accumulator.EventAccumulator(str(tmp_path / "a" / "tb"),
-                                             size_guidance={"tensors": 0})
-    acc.Reload()
+    train_straight_and_resumed(tmp_path, "lewel_m")
+    acc = tensorboard_events(tmp_path / "a" / "tb")
     assert {"train/global", "train/aligned", "train/map_entropy",
             "lewel/alignment_maps"} <= set(acc.Tags()["tensors"])
-    picture = tf.io.decode_png(tf.make_ndarray(
-        acc.Tensors("lewel/alignment_maps")[-1].tensor_proto)[2])
+    pictures = acc.Tensors("lewel/alignment_maps")
+    assert len(pictures) == 2  # one per epoch
+    picture = tf.io.decode_png(tf.make_ndarray(pictures[-1].tensor_proto)[2])
     # 8 images of 28 px, each beside its 4 maps, zoomed 4x.
     assert picture.shape == (8 * 28 * 4, 5 * 28 * 4, 3)
-    assert len(acc.Tensors("lewel/alignment_maps")) == 2  # one per epoch

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import tiny_config
+from tests.helpers import (tensorboard_events, tiny_config,
+                           train_straight_and_resumed)
 from tests.test_losses import np_info_nce, np_relation
 from tests.test_methods import real_views
 from tfssl.errors import UserError
 from tfssl.methods import reco
-from tfssl.trainer import build_model, make_train_function, train
+from tfssl.trainer import build_model, make_train_function
 
 STRATEGY = tf.distribute.get_strategy()
 SEED = tf.constant([0, 5], tf.int64)
@@ -271,22 +272,8 @@ def test_target_temperature_must_be_sharper():
 
 
 def test_resume_is_exact_and_tensorboard_shows_terms_and_mixed_images(tmp_path):
-    def config(name):
-        return tiny_config(tmp_path / name, "reco_byol", epochs=2, steps=2)
-
-    _, straight = train(config("a"), verbose=0)
-    train(config("b"), verbose=0, stop_at_step=1)
-    _, resumed = train(config("b"), verbose=0)
-    for a, b in zip(straight.weights + straight.optimizer.variables,
-                    resumed.weights + resumed.optimizer.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-
-    from tensorboard.backend.event_processing import event_accumulator
-
-    acc = event_accumulator.EventAccumulator(str(tmp_path / "a" / "tb"),
-                                             size_guidance={"tensors": 0})
-    acc.Reload()
-    tags = set(acc.Tags()["tensors"])
+    train_straight_and_resumed(tmp_path, "reco_byol")
+    tags = set(tensorboard_events(tmp_path / "a" / "tb").Tags()["tensors"])
     assert {"train/reco_global", "train/reco_local", "train/reco_mix_ratio",
             "train/byol", "reco/mixed", "reco/partner", "views/2_28px"} <= tags
 

@@ -36,6 +36,10 @@ CASES = {
     "smog": {"n_groups": 8, "reset_interval": 2},
     "smog_symmetric_six": {"method": "smog", "n_groups": 8, "symmetric": True,
                            "crops": 6, "init": "random"},
+    "reco_moco_v2": {"group_size": 4},
+    "reco_byol_mixup": {"method": "reco_byol", "group_size": 4, "mix": "mixup"},
+    "lewel_b": {},
+    "lewel_m": {},
 }
 
 

@@ -93,6 +93,7 @@ METHOD_CASES = {
                             xla={"lambda_global": 0.0}),
     "lewel_b": MethodCase(),
     "lewel_m": MethodCase(default_batch_norm="shuffle"),
+    "multinet": MethodCase(),
 }
 
 

@@ -388,3 +388,29 @@ def test_harness_catches_a_forgotten_config_argument():
 
     with pytest.raises(AssertionError, match="scale"):
         assert_config_complete(Forgetful, {"scale": 2.0})
+
+
+@pytest.mark.parametrize("fused, synchronized", [(True, False), (False, False),
+                                                 (True, True)])
+def test_frozen_moving_statistics_keep_the_output_and_the_statistics(fused,
+                                                                     synchronized):
+    """Inside ``moving_statistics_frozen`` a training call gives the same output and
+    gradients (batch statistics) but leaves the moving statistics untouched."""
+    shape = (8, 3, 3, 5)
+    layer = batch_norm.BatchNormalization(momentum=0.9, epsilon=1e-5, fused=fused,
+                                          synchronized=synchronized)
+    layer.build(shape)
+    layer.moving_variance.assign(np.full([5], 0.7, np.float32))
+    x = tf.constant(np.random.default_rng(14).normal(2.0, 3.0, shape).astype(np.float32))
+    before = [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+    with batch_norm.moving_statistics_frozen():
+        assert batch_norm.statistics_frozen()
+        frozen = _bn_outputs(layer, x)
+    assert not batch_norm.statistics_frozen()
+    np.testing.assert_array_equal(frozen[-2], before[0])
+    np.testing.assert_array_equal(frozen[-1], before[1])
+    with batch_norm.moving_statistics_frozen(False):  # a no-op context
+        updating = _bn_outputs(layer, x)
+    assert not np.allclose(updating[-1], before[1])
+    for f, u in zip(frozen[:-2], updating[:-2]):
+        np.testing.assert_allclose(f, u, rtol=1e-6, atol=1e-6)

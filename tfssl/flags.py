@@ -101,4 +101,7 @@ def run_config_from_flags(flag_values=flags.FLAGS):
         method_params=_values(method.params_cls, method.flag_prefix, flag_values),
         **parts)
     config_lib.validate_run(config, method.flag_prefix)
+    problem = method.check_config(config)
+    if problem:
+        raise UserError(problem)
     return config

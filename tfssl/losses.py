@@ -51,7 +51,9 @@ def info_nce_in_batch(query, keys, temperature, gradient="query"):
     replica its keys' share).
 
     Args:
-      query: ``[B, d]``, L2-normalised.
+      query: ``[B, d]``, L2-normalised, or ``[..., B, d]``: several queries per key
+        row (the loss is then the mean over all of them; the multi-network
+        method's combined patch targets).
       keys: ``[B, d]``, L2-normalised (the local rows).
       temperature: τ > 0.
       gradient: the side the gradient flows to: ``"query"`` (keys stopped, as a
@@ -69,13 +71,16 @@ def info_nce_in_batch(query, keys, temperature, gradient="query"):
         keys = tf.stop_gradient(keys)
     elif gradient == "keys":
         query = tf.stop_gradient(query)
+    rows = tf.shape(keys)[0]
     context = tf.distribute.get_replica_context()
     offset = 0
     if context is not None and context.num_replicas_in_sync > 1:
-        offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * tf.shape(keys)[0]
+        offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * rows
         keys = context.all_gather(keys, axis=0)
-    logits = tf.matmul(query, keys, transpose_b=True) / temperature  # [B, B_global]
-    labels = offset + tf.range(tf.shape(query)[0])
+    if query.shape.rank != 2:
+        query = tf.reshape(query, [-1, query.shape[-1]])  # [n·B, d]
+    logits = tf.matmul(query, keys, transpose_b=True) / temperature  # [n·B, B_global]
+    labels = offset + tf.tile(tf.range(rows), [tf.shape(query)[0] // rows])
     positive = tf.gather(logits, labels, axis=1, batch_dims=1)
     return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - positive)
 

@@ -40,6 +40,9 @@ CASES = {
     "reco_byol_mixup": {"method": "reco_byol", "group_size": 4, "mix": "mixup"},
     "lewel_b": {},
     "lewel_m": {},
+    "multinet": {},
+    "multinet_one_k3_bn": {"method": "multinet", "one_combination": True,
+                           "combine_k": 3, "patch_bn_updates": True},
 }
 
 

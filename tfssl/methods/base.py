@@ -142,6 +142,9 @@ class MomentumMethod(keras.Model):
 
     def __init__(self, config, steps_per_epoch, mean=(0.5,) * 3, std=(0.5,) * 3,
                  **kwargs):
+        problem = self.check_config(config)
+        if problem:
+            raise UserError(problem)
         super().__init__(name=kwargs.pop("name", self.method_name or "method"),
                          **kwargs)
         self.run_config = config
@@ -178,6 +181,13 @@ class MomentumMethod(keras.Model):
         self.steps_taken = self.add_weight(
             shape=(), initializer="zeros", dtype="int64", trainable=False,
             autocast=False, aggregation="only_first_replica", name="steps_taken")
+
+    @classmethod
+    def check_config(cls, config):
+        """What in the run's ``config`` the method cannot run with, as one line
+        naming the flag and the fix, or ``None``. Checked when the flags are read
+        (before any work) and again when the model is built (library use)."""
+        return None
 
     @classmethod
     def batch_norm_mode(cls, choice, replicas):
@@ -369,7 +379,8 @@ class MomentumMethod(keras.Model):
         return specs
 
     def first_batch_images(self, views):
-        """``{name: images}`` the terms show for the first batch (TensorBoard)."""
+        """``{name: images}`` to show for the run's first batch (TensorBoard): the
+        plug-in terms' (a method may override this and add its own)."""
         out = {}
         for term in self._terms:
             out.update(term.images(self, tuple(views)) or {})

@@ -137,7 +137,7 @@ def _uniform(shape, seed):
     return (tf.cast(bits, tf.float32) + 0.5) * (1.0 / (1 << 23))
 
 
-def _fold(seed, i):
+def fold_seed(seed, i):
     """``fold_in(seed, i)`` with the sign bits cleared: XLA's stateless kernels
     read negative seed words otherwise than the CPU kernels do (a negative
     ``--seed`` or a fold's negative output would give other draws)."""
@@ -161,7 +161,7 @@ def stateless_gamma(shape, seed, alpha):
     d = a - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     full = list(shape) + [_GAMMA_TRIES]
-    u1, u2, u = (_uniform(full, _fold(seed, i)) for i in range(3))
+    u1, u2, u = (_uniform(full, fold_seed(seed, i)) for i in range(3))
     x = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * math.pi * u2)
     v = (1.0 + c * x) ** 3
     safe_v = tf.maximum(v, 1e-30)
@@ -171,14 +171,14 @@ def stateless_gamma(shape, seed, alpha):
     first = tf.where(tf.reduce_any(accept, -1), first, _GAMMA_TRIES - 1)
     g = d * tf.gather(safe_v, first, axis=-1, batch_dims=len(shape))
     if boost:
-        g = g * _uniform(shape, _fold(seed, 3)) ** (1.0 / alpha)
+        g = g * _uniform(shape, fold_seed(seed, 3)) ** (1.0 / alpha)
     return g
 
 
 def stateless_beta(shape, seed, alpha):
     """Symmetric Beta(α, α) draws: ``X / (X + Y)`` of two Gamma(α) draws."""
-    x = stateless_gamma(shape, _fold(seed, 0), alpha)
-    y = stateless_gamma(shape, _fold(seed, 1), alpha)
+    x = stateless_gamma(shape, fold_seed(seed, 0), alpha)
+    y = stateless_gamma(shape, fold_seed(seed, 1), alpha)
     total = x + y
     return tf.where(total > 0, x / tf.maximum(total, 1e-30), 0.5)
 
@@ -212,13 +212,13 @@ def mixing_draws(seed, groups, group_size, image_size, alpha, mix="cutmix"):
     Returns:
       :class:`MixingDraws`.
     """
-    seed = _fold(seed, 0)
-    keys = tf.random.stateless_uniform([groups, group_size], _fold(seed, 0),
+    seed = fold_seed(seed, 0)
+    keys = tf.random.stateless_uniform([groups, group_size], fold_seed(seed, 0),
                                        minval=0, maxval=(1 << 31) - 1,
                                        dtype=tf.int32)
     perm = tf.argsort(keys, axis=1, stable=True)
-    lam = stateless_beta([groups], _fold(seed, 1), alpha)
-    centre = tf.random.stateless_uniform([groups, 2], _fold(seed, 2), minval=0,
+    lam = stateless_beta([groups], fold_seed(seed, 1), alpha)
+    centre = tf.random.stateless_uniform([groups, 2], fold_seed(seed, 2), minval=0,
                                          maxval=image_size, dtype=tf.int32)
     box = cutmix_box(lam, centre[:, 0], centre[:, 1], image_size)
     ratio = box_ratio(box, image_size) if mix == "cutmix" else lam

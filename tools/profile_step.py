@@ -14,7 +14,9 @@ from the trace, per step:
 * **by part**: forward or gradient, times the Keras model the op belongs to
   (``backbone``, ``target_backbone``, ``projector``, ``predictor``, ...; a model
   called twice in the step, e.g. BYOL's two views, counts once), the optimizer
-  (``momentum_sgd``, ``adamw``) and ``step`` for the rest of the step function
+  (``momentum_sgd``, ``adamw``), the name scopes a method lists in
+  ``profile_scopes`` (the multi-network method's ``patches``: its stop-gradient
+  branch, backbone and projector included) and ``step`` for the rest of the step function
   (loss, EMA update, queue and group updates);
 * **by op type** (``Conv2D``, ``Conv2DBackpropFilter``, ``Mean``, ...; oneDNN's
   ``_MklNative`` prefixes dropped).
@@ -135,7 +137,8 @@ def main(argv):
             fn()
     finally:
         tf.profiler.experimental.stop()
-    parts = {layer.name for layer in model.layers} | {model.optimizer.name}
+    parts = ({layer.name for layer in model.layers} | {model.optimizer.name}
+             | set(getattr(model, "profile_scopes", ())))
     by_part, by_op = op_times(trace_dir, FLAGS.timed_steps, parts)
     total = sum(by_part.values())
     if total <= 0:

@@ -154,6 +154,8 @@ class Multinet(MomentumMethod):
     params_cls = MultinetParams
     flag_prefix = "multinet_"
     supports_shuffle_bn = True
+    # tools/profile_step.py reports the stop-gradient branch's ops as their own part.
+    profile_scopes = ("patches",)
 
     @classmethod
     def check_config(cls, config):
@@ -177,7 +179,8 @@ class Multinet(MomentumMethod):
         p = self.params
         patches = divide(x)
         size = patches.shape[2:]
-        with moving_statistics_frozen(not p.patch_bn_updates):
+        frozen = moving_statistics_frozen(not p.patch_bn_updates)
+        with tf.name_scope("patches"), frozen:
             pooled = self.backbone(tf.reshape(patches, [-1, *size]),
                                    training=True)["pooled"]
             pooled = tf.reshape(pooled, [4, -1, pooled.shape[-1]])

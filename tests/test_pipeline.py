@@ -1,5 +1,7 @@
 """The pretraining stream: a pure function of (seed, start step)."""
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -120,3 +122,81 @@ def test_grouped_map_calls_give_the_views_of_one_example_per_call():
         for a, b in zip(got, want):
             for va, vb in zip(a, b):
                 np.testing.assert_array_equal(va, vb)
+
+
+def test_index_stream_starts_at_any_position_as_the_straight_stream():
+    n, seed = 7, 3
+    reference = np.concatenate([pipeline.epoch_order(n, seed, e).numpy()
+                                for e in range(10)])
+    for start in (0, 5, 7, 20, 48):
+        got = [(int(p), int(i)) for p, i in
+               pipeline._index_stream(n, seed, start).take(9)]
+        assert got == [(p, int(reference[p])) for p in range(start, start + 9)]
+
+
+def folder_source(tmp_path, n=12):
+    """An image folder of ``n`` JPEGs of varying sizes, streamed (random access),
+    with a counter of the examples it read."""
+    from tfssl.data.sources import load_source
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image = rng.integers(0, 256, size=(20 + i, 24 + 2 * i, 3), dtype=np.uint8)
+        (tmp_path / f"{i:02d}.jpg").write_bytes(tf.io.encode_jpeg(image).numpy())
+    src = load_source("image_folder", "train", str(tmp_path), in_memory=False)
+    assert src.random_access and not src.in_memory and src.num_examples == n
+    reads = []
+
+    def counted(index):
+        tf.py_function(lambda i: reads.append(int(i)), [index], [])
+        return src.read(index)
+
+    return dataclasses.replace(src, read=counted), reads
+
+
+def test_random_access_pipelines_read_only_their_share(tmp_path):
+    """Two input pipelines read disjoint halves of the stream, whose union is one
+    pipeline's: each example is decoded by the pipeline that keeps it only."""
+    src, reads = folder_source(tmp_path)
+    specs = views.strong(16)
+    full = batches(pipeline.pretrain_dataset(src, specs, 8, seed=2, start_step=1,
+                                             num_parallel_calls=1), 3)
+    got = []
+    for worker in range(2):
+        del reads[:]
+        context = tf.distribute.InputContext(num_input_pipelines=2,
+                                             input_pipeline_id=worker,
+                                             num_replicas_in_sync=2)
+        ds = pipeline.pretrain_dataset(src, specs, 8, seed=2, start_step=1,
+                                       input_context=context, num_parallel_calls=1)
+        got.append(batches(ds, 3))
+        # 3 batches of 4 rows: 12 reads and whatever prefetch ran ahead, never the
+        # other pipeline's rows (a shared stream would have read 24 and more).
+        assert 12 <= len(reads) < 24
+    for step in range(3):
+        np.testing.assert_array_equal(
+            np.concatenate([got[0][step][0], got[1][step][0]]), full[step][0])
+
+
+def test_random_access_resume_reads_nothing_it_skips(tmp_path):
+    src, reads = folder_source(tmp_path)
+    specs = views.strong(16)
+    full = batches(pipeline.pretrain_dataset(src, specs, 4, seed=1), 6)
+    resumed = batches(pipeline.pretrain_dataset(src, specs, 4, seed=1, start_step=4),
+                      2)
+    for a, b in zip(full[4:], resumed):
+        np.testing.assert_array_equal(a[0], b[0])
+    # A position far beyond the folder (250,000 epochs of 12 images): only the
+    # consumed examples (and prefetch) are read, and the views are those of the
+    # straight stream's positions (their seeds and epoch orders).
+    del reads[:]
+    late = 3_000_000 // 4
+    got = batches(pipeline.pretrain_dataset(src, specs, 4, seed=1, start_step=late,
+                                            num_parallel_calls=1), 1)[0][0]
+    assert len(reads) < 40
+    order = pipeline.epoch_order(12, 1, 3_000_000 // 12).numpy()
+    for row, position in enumerate(range(3_000_000, 3_000_004)):
+        image = src.read(tf.constant(order[position % 12]))
+        seed = pipeline._example_seed(1, tf.constant(position, tf.int64))
+        want = views.make_views(image, specs, seed)[0]
+        np.testing.assert_array_equal(got[row], want.numpy())

@@ -6,8 +6,12 @@ Pretraining streams are a pure function of ``(seed, start_step)``:
   ``stateless_shuffle(range(N), seed=(seed, e))``; the stream is continuous across
   epochs, so training step ``s`` consumes stream positions
   ``[s·B, (s+1)·B)`` and a resumed run rebuilds exactly the remaining stream;
-* streaming sources (ImageNet-size): a seeded shuffle buffer and ``skip`` to the
-  start position (exact as long as the file order is, slower to resume).
+* random-access streaming sources (image folders too large for memory): the same
+  order, each example read from its file and decoded only by the input pipeline
+  that keeps it; resuming costs one shuffle of ``range(N)``, whatever the position;
+* sequential streaming sources (tfds datasets too large for memory): a seeded
+  shuffle buffer and ``skip`` to the start position (exact as long as the file
+  order is, slower to resume).
 
 The example at stream position ``p`` is augmented with seed ``fold_in(seed, p)``
 (views: ``fold_in`` of that by view index), independent of batching, parallelism
@@ -41,20 +45,31 @@ def _example_seed(seed, position):
     return tf.random.experimental.stateless_fold_in(base, position)
 
 
+def epoch_order(num_examples, seed, epoch):
+    """Example indices of epoch ``epoch``: ``stateless_shuffle(range(N), (seed, epoch))``."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64),
+        seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+
+
 def _index_stream(num_examples, seed, start_position):
-    """(position, example index) pairs from ``start_position`` on, forever."""
+    """(position, example index) pairs from ``start_position`` on, forever.
+
+    The first epoch is sliced at the start offset, not skipped into: building the
+    stream costs one shuffle of ``range(N)`` whatever the position (resume time does
+    not grow with it).
+    """
     n = num_examples
     first_epoch = start_position // n
+    offset = start_position - first_epoch * n
 
     def epoch_indices(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order)
+        return tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, epoch))
 
-    stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_indices)
-    stream = stream.skip(start_position - first_epoch * n)
+    head = tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, first_epoch)[offset:])
+    rest = tf.data.Dataset.range(first_epoch + 1, 2**62).flat_map(epoch_indices)
     positions = tf.data.Dataset.range(start_position, 2**62)
-    return tf.data.Dataset.zip(positions, stream)
+    return tf.data.Dataset.zip(positions, head.concatenate(rest))
 
 
 def _shard_filter(global_batch_size, pipeline_id, num_pipelines):
@@ -104,6 +119,19 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
 
     def make(position, image):
         return views_lib.make_views(image, specs, _example_seed(seed, position))
+
+    if source.read is not None:
+        # Random access (image folders): the in-memory stream's order, each example
+        # read and decoded only by the pipeline that keeps it.
+        ds = _index_stream(source.num_examples, seed, start)
+        if keep is not None:
+            ds = ds.filter(keep)
+        ds = ds.map(lambda position, index: make(position, source.read(index)),
+                    num_parallel_calls=parallel, deterministic=deterministic)
+        # A file with a damaged body (large folders are header-checked only) is
+        # dropped here; the stream is exact when every file decodes.
+        ds = ds.ignore_errors(log_warning=True)
+        return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
     if source.in_memory:
         images = tf.constant(source.images)

@@ -47,6 +47,11 @@ class Source:
       labels: int64 ``[N]`` when in memory, else None (read-only).
       make_dataset: when streaming, builds the ``tf.data.Dataset`` of
         ``{"image": uint8 [H, W, C], "label": int64 []}``.
+      read: streaming sources with random access (image folders): a
+        traceable ``fn(index int64 []) -> uint8 [H, W, 3]`` reading and decoding
+        example ``index`` of ``as_dataset()``'s order; the pretraining stream then
+        reads only the examples it keeps (see ``pipeline.pretrain_dataset``).
+        None: sequential access only.
       skipped: files that could not be decoded and were left out (image folders).
       notes: human-readable remarks (how files were checked, aliases, ...).
     """
@@ -63,6 +68,8 @@ class Source:
     make_dataset: Callable[[], tf.data.Dataset] | None = dataclasses.field(repr=False)
     skipped: int = 0
     notes: str = ""
+    read: Callable[[tf.Tensor], tf.Tensor] | None = dataclasses.field(default=None,
+                                                                      repr=False)
 
     def __post_init__(self):
         if (self.images is None) == (self.make_dataset is None):
@@ -79,6 +86,11 @@ class Source:
     def in_memory(self) -> bool:
         """True when ``images``/``labels`` hold the whole split."""
         return self.images is not None
+
+    @property
+    def random_access(self) -> bool:
+        """True when example ``i`` can be read alone (in memory, or ``read``)."""
+        return self.in_memory or self.read is not None
 
     def as_dataset(self) -> tf.data.Dataset:
         """``{"image": uint8 [H, W, C], "label": int64 []}``, fixed order, one pass."""
@@ -321,8 +333,10 @@ def _load_image_folder(split, data_dir, in_memory, image_size) -> Source:
     if in_memory:
         return _make("image_folder", split, images, labels, True,
                      image_shape=(image_size, image_size, 3), **fields)
+    files = tf.constant(paths, tf.string, [len(paths)])
     return Source("image_folder", split, len(paths), image_shape=(None, None, 3), images=None,
-                  labels=None, make_dataset=lambda: _folder.stream(paths, labels), **fields)
+                  labels=None, make_dataset=lambda: _folder.stream(paths, labels),
+                  read=lambda index: _folder.decode(tf.gather(files, index)), **fields)
 
 
 # --------------------------------------------------------------------- registry

@@ -9,9 +9,11 @@ Pretraining streams are a pure function of ``(seed, start_step)``:
 * random-access streaming sources (image folders too large for memory): the same
   order, each example read from its file and decoded only by the input pipeline
   that keeps it; resuming costs one shuffle of ``range(N)``, whatever the position;
-* sequential streaming sources (tfds datasets too large for memory): a seeded
-  shuffle buffer and ``skip`` to the start position (exact as long as the file
-  order is, slower to resume).
+* record files (tfds datasets too large for memory): each input pipeline streams
+  its own files, shuffled per epoch and in windows, resumed without reading what
+  it skips (:mod:`tfssl.data.records`; exact for a fixed number of pipelines);
+* other sequential sources: a seeded shuffle buffer and ``skip`` to the start
+  position (exact as long as the source's order is, slower to resume).
 
 The example at stream position ``p`` is augmented with seed ``fold_in(seed, p)``
 (views: ``fold_in`` of that by view index), independent of batching, parallelism
@@ -27,7 +29,7 @@ same augmentation, as a single device with the same global batch.
 
 import tensorflow as tf
 
-from tfssl.data import augment
+from tfssl.data import augment, records
 from tfssl.data import views as views_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -119,6 +121,16 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
 
     def make(position, image):
         return views_lib.make_views(image, specs, _example_seed(seed, position))
+
+    if source.records is not None:
+        # Record files (tfds): each input pipeline streams its own files.
+        pipelines = input_context.num_input_pipelines if input_context else 1
+        pipeline_id = input_context.input_pipeline_id if input_context else 0
+        rec = source.records
+        ds = records.record_stream(rec, seed, start // pipelines, pipeline_id, pipelines)
+        ds = ds.map(lambda position, record: make(position, rec.decode(rec.image(record))),
+                    num_parallel_calls=parallel, deterministic=deterministic)
+        return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
     if source.read is not None:
         # Random access (image folders): the in-memory stream's order, each example

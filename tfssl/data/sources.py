@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from tfssl.data import _idx
 from tfssl.data import _image_folder as _folder
+from tfssl.data.records import RecordFiles
 from tfssl.errors import UserError
 
 IN_MEMORY_BYTES = 1 << 30  # default limit for holding a split as uint8 numpy arrays
@@ -52,6 +53,9 @@ class Source:
         example ``index`` of ``as_dataset()``'s order; the pretraining stream then
         reads only the examples it keeps (see ``pipeline.pretrain_dataset``).
         None: sequential access only.
+      records: streaming tfds sources stored as TFRecord files: the files, their
+        lengths and how to get an example's encoded image (the pretraining stream
+        then reads each worker's own files, ``tfssl.data.records``).
       skipped: files that could not be decoded and were left out (image folders).
       notes: human-readable remarks (how files were checked, aliases, ...).
     """
@@ -70,6 +74,7 @@ class Source:
     notes: str = ""
     read: Callable[[tf.Tensor], tf.Tensor] | None = dataclasses.field(default=None,
                                                                       repr=False)
+    records: RecordFiles | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         if (self.images is None) == (self.make_dataset is None):
@@ -251,11 +256,45 @@ def _load_tfds(name, split, data_dir, in_memory, image_size) -> Source:
                         "memory; stream it (in_memory=False)")
     if not in_memory:
         return Source(name, split, num_examples, images=None, labels=None, make_dataset=make,
-                      **fields)
+                      records=_record_files(builder, spec.splits[split], shape), **fields)
     batches = list(tfds.as_numpy(ds.batch(1024)))
     images = np.concatenate([b["image"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches])
     return _make(name, split, images, labels, True, **fields)
+
+
+def _record_files(builder, parts, shape):
+    """The TFRecord files of ``parts`` (whole files only), or None (another file
+    format, or a split that reads part of a file)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    if str(getattr(builder.info, "file_format", "")).lower().split(".")[-1] != "tfrecord":
+        return None
+    paths, lengths = [], []
+    try:
+        for part in parts:
+            for f in builder.info.splits[part].file_instructions:
+                if f.skip or f.take != f.examples_in_shard:
+                    return None
+                paths.append(str(f.filename))
+                lengths.append(int(f.examples_in_shard))
+    except (KeyError, AttributeError, TypeError):  # no split info (mocked data)
+        return None
+    if not paths or not tf.io.gfile.exists(paths[0]):
+        return None
+    features = builder.info.features
+    channels = shape[-1] or 3
+
+    def image(record):
+        return features.deserialize_example(
+            record, decoders={"image": tfds.decode.SkipDecoding()})["image"]
+
+    def decode(encoded):
+        x = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+        x.set_shape([None, None, channels])
+        return x
+
+    return RecordFiles(tuple(paths), tuple(lengths), image, decode)
 
 
 # ---------------------------------------------------------------- image folders

@@ -100,11 +100,11 @@ def test_pretraining_views_decode_only_the_pipelines_examples(tiny):
     builder, files = tiny
     decoded = []
 
-    def counted(encoded):
+    def counted(record):
         tf.py_function(lambda: decoded.append(1), [], [])
-        return files.decode(encoded)
+        return files.image(record)
 
-    counting = records.RecordFiles(files.paths, files.lengths, files.image, counted)
+    counting = records.RecordFiles(files.paths, files.lengths, counted)
     src = sources.Source("tiny", "train", N, num_classes=N, image_shape=(None, None, 3),
                          mean=(0.5,) * 3, std=(0.5,) * 3, images=None, labels=None,
                          make_dataset=lambda: None, records=counting)
@@ -117,12 +117,13 @@ def test_pretraining_views_decode_only_the_pipelines_examples(tiny):
     assert batch.shape == (4, 16, 16, 3)
     assert 4 <= len(decoded) < 16  # its 4 rows and prefetch, not the other pipeline's
     # Row j is the record at local position 3·4 + j, augmented with the seed of
-    # virtual position (12 + j)·2 + 1.
+    # virtual position (12 + j)·2 + 1 (the JPEG decoded whole here, only the crop
+    # window in the pipeline: the same pixels).
     stream = list(records.record_stream(files, 2, 12, 1, 2).take(4))
     for j, (q, record) in enumerate(stream):
         assert int(q) == (12 + j) * 2 + 1
-        want = views.make_views(files.decode(files.image(record)), specs,
-                                pipeline._example_seed(2, q))[0]
+        image = tf.io.decode_jpeg(files.image(record), channels=3)
+        want = views.make_views(image, specs, pipeline._example_seed(2, q))[0]
         np.testing.assert_array_equal(batch[j].numpy(), want.numpy())
 
 

@@ -201,3 +201,28 @@ def test_apply_view_in_tf_function_has_static_shape():
     img = _uint8(50, 70, 3)
     np.testing.assert_allclose(f(img, SEED).numpy(), views.apply_view(img, spec, SEED).numpy(),
                                atol=1e-6)
+
+
+def test_views_from_jpeg_bytes_decode_only_the_window_and_equal_a_full_decode():
+    """4:2:0 and 4:4:4 JPEGs of many sizes, two strong views and a multi-crop: the
+    crop-window decode gives the views of the whole-image decode bit for bit; PNGs
+    are decoded whole."""
+    rng = np.random.default_rng(5)
+    recipes = (views.strong(32),  # one view: a window well inside the image
+               views.strong(32) + views.byol_b(24) + views.multi_crop(32, 12, 1, 2))
+    for trial in range(12):
+        specs = recipes[trial % 2]
+        h, w = (int(v) for v in rng.integers(20, 160, 2))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image = tf.image.resize(image[None], [h // 3 + 1, w // 3 + 1])
+        image = tf.cast(tf.image.resize(image, [h, w])[0], tf.uint8)  # smooth-ish
+        for encoded in (tf.io.encode_jpeg(image, quality=85),
+                        tf.io.encode_jpeg(image, chroma_downsampling=False),
+                        tf.io.encode_png(image)):
+            seed = tf.constant([trial, 3], tf.int64)
+            got = views.make_views_from_bytes(encoded, specs, seed)
+            want = views.make_views(tf.io.decode_image(encoded, channels=3,
+                                                       expand_animations=False),
+                                    specs, seed)
+            for g, w_ in zip(got, want):
+                np.testing.assert_array_equal(g.numpy(), w_.numpy())

@@ -128,18 +128,21 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         pipeline_id = input_context.input_pipeline_id if input_context else 0
         rec = source.records
         ds = records.record_stream(rec, seed, start // pipelines, pipeline_id, pipelines)
-        ds = ds.map(lambda position, record: make(position, rec.decode(rec.image(record))),
-                    num_parallel_calls=parallel, deterministic=deterministic)
+        ds = ds.map(lambda position, record: views_lib.make_views_from_bytes(
+            rec.image(record), specs, _example_seed(seed, position), rec.channels),
+            num_parallel_calls=parallel, deterministic=deterministic)
         return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
     if source.read is not None:
         # Random access (image folders): the in-memory stream's order, each example
-        # read and decoded only by the pipeline that keeps it.
+        # read and decoded only by the pipeline that keeps it (JPEGs: only the
+        # window its views' crops need).
         ds = _index_stream(source.num_examples, seed, start)
         if keep is not None:
             ds = ds.filter(keep)
-        ds = ds.map(lambda position, index: make(position, source.read(index)),
-                    num_parallel_calls=parallel, deterministic=deterministic)
+        ds = ds.map(lambda position, index: views_lib.make_views_from_bytes(
+            source.read(index), specs, _example_seed(seed, position)),
+            num_parallel_calls=parallel, deterministic=deterministic)
         # A file with a damaged body (large folders are header-checked only) is
         # dropped here; the stream is exact when every file decodes.
         ds = ds.ignore_errors(log_warning=True)

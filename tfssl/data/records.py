@@ -45,13 +45,13 @@ class RecordFiles:
       lengths: records in each file.
       image: ``fn(serialized) -> encoded image bytes`` (the example's image field,
         not decoded).
-      decode: ``fn(encoded bytes) -> uint8 [H, W, C]``.
+      channels: channels to decode the images to (1 or 3).
     """
 
     paths: tuple
     lengths: tuple
     image: Callable[[tf.Tensor], tf.Tensor]
-    decode: Callable[[tf.Tensor], tf.Tensor]
+    channels: int = 3
 
     def __post_init__(self):
         if len(self.paths) != len(self.lengths) or not self.paths:

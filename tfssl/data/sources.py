@@ -49,9 +49,9 @@ class Source:
       make_dataset: when streaming, builds the ``tf.data.Dataset`` of
         ``{"image": uint8 [H, W, C], "label": int64 []}``.
       read: streaming sources with random access (image folders): a
-        traceable ``fn(index int64 []) -> uint8 [H, W, 3]`` reading and decoding
-        example ``index`` of ``as_dataset()``'s order; the pretraining stream then
-        reads only the examples it keeps (see ``pipeline.pretrain_dataset``).
+        traceable ``fn(index int64 []) -> string []``, the encoded file of example
+        ``index`` of ``as_dataset()``'s order (decoded to RGB); the pretraining
+        stream then reads only the examples it keeps (``pipeline.pretrain_dataset``).
         None: sequential access only.
       records: streaming tfds sources stored as TFRecord files: the files, their
         lengths and how to get an example's encoded image (the pretraining stream
@@ -289,12 +289,7 @@ def _record_files(builder, parts, shape):
         return features.deserialize_example(
             record, decoders={"image": tfds.decode.SkipDecoding()})["image"]
 
-    def decode(encoded):
-        x = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-        x.set_shape([None, None, channels])
-        return x
-
-    return RecordFiles(tuple(paths), tuple(lengths), image, decode)
+    return RecordFiles(tuple(paths), tuple(lengths), image, channels)
 
 
 # ---------------------------------------------------------------- image folders
@@ -375,7 +370,7 @@ def _load_image_folder(split, data_dir, in_memory, image_size) -> Source:
     files = tf.constant(paths, tf.string, [len(paths)])
     return Source("image_folder", split, len(paths), image_shape=(None, None, 3), images=None,
                   labels=None, make_dataset=lambda: _folder.stream(paths, labels),
-                  read=lambda index: _folder.decode(tf.gather(files, index)), **fields)
+                  read=lambda index: tf.io.read_file(tf.gather(files, index)), **fields)
 
 
 # --------------------------------------------------------------------- registry

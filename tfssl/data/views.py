@@ -156,6 +156,10 @@ def make_views(image: tf.Tensor, specs: Sequence[ViewSpec], seed: tf.Tensor) -> 
 #: that chroma upsampling at the window's edge sees the same neighbours as a full
 #: decode (without it ~1-4% of the crop's border pixels differ, by up to 43 levels).
 JPEG_MARGIN = 16
+#: A JPEG is decoded by window when the window is below this fraction of the image
+#: (measured at 224 px, docs/BENCHMARKS.md: a window of most of the image decodes
+#: no faster than the whole image and the extra header read then costs ~5%).
+WINDOW_FRACTION = 0.6
 
 
 def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: tf.Tensor,
@@ -164,9 +168,10 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
 
     A JPEG is decoded with ``tf.io.decode_and_crop_jpeg`` over the smallest window
     holding every view's crop box (the boxes come from the image's shape, read from
-    its header, and the same seeds as :func:`make_views`) plus ``JPEG_MARGIN``: the
-    views are bit-identical to decoding the whole image first (tested). Other
-    formats are decoded whole.
+    its header, and the same seeds as :func:`make_views`) plus ``JPEG_MARGIN``, when
+    that window is below ``WINDOW_FRACTION`` of the image: the views are
+    bit-identical to decoding the whole image first (tested). Other formats, and
+    JPEGs whose window is most of the image, are decoded whole.
 
     Args:
         encoded: string scalar, the file's bytes (JPEG, PNG, GIF, BMP).
@@ -181,7 +186,7 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
         image.set_shape([None, None, channels])
         return make_views(image, specs, seed)
 
-    def window():
+    def jpeg():
         shape = tf.image.extract_jpeg_shape(encoded)
         boxes = tf.stack([augment.sample_crop_box(augment.fold(s, _CROP), shape,
                                                   spec.crop_scale, spec.crop_ratio)
@@ -192,15 +197,22 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
                             shape[0])
         right = tf.minimum(tf.reduce_max(boxes[:, 1] + boxes[:, 3]) + JPEG_MARGIN,
                            shape[1])
-        part = tf.io.decode_and_crop_jpeg(
-            encoded, tf.stack([top, left, bottom - top, right - left]), channels=channels)
-        x = augment.to_float_rgb(part)
-        shift = tf.stack([top, left, 0, 0])
-        return tuple(_after_crop(augment.resized_crop(x, boxes[i] - shift, spec.size),
-                                 spec, seeds[i])
-                     for i, spec in enumerate(specs))
 
-    return tf.cond(tf.io.is_jpeg(encoded), window, whole)
+        def window():
+            part = tf.io.decode_and_crop_jpeg(
+                encoded, tf.stack([top, left, bottom - top, right - left]),
+                channels=channels)
+            x = augment.to_float_rgb(part)
+            shift = tf.stack([top, left, 0, 0])
+            return tuple(_after_crop(augment.resized_crop(x, boxes[i] - shift,
+                                                          spec.size), spec, seeds[i])
+                         for i, spec in enumerate(specs))
+
+        area = tf.cast((bottom - top) * (right - left), tf.float32)
+        small = area < WINDOW_FRACTION * tf.cast(shape[0] * shape[1], tf.float32)
+        return tf.cond(small, window, whole)
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, whole)
 
 
 # ------------------------------------------------------------------------ recipes

@@ -90,12 +90,16 @@ def build_serving_module(backbone, image_size, channels):
         @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32,
                                                     name="images")])
         def serve_float(self, images):
-            in_range = tf.reduce_all((images >= 0.0) & (images <= 1.0))
-            with tf.control_dependencies([
-                    checked(images, "serving_float", "float32"),
-                    tf.debugging.Assert(in_range, [
-                        "serving_float takes values in [0, 1]; for 0-255 images use "
-                        "serving_default with uint8"])]):
+            # The range test runs after the shape check and on the flattened values:
+            # a reduction over the static rank-4 axes fails on an input of another
+            # rank, and could run first, replacing the shape check's message.
+            shape_ok = checked(images, "serving_float", "float32")
+            with tf.control_dependencies([shape_ok]):
+                values = tf.reshape(images, [-1])
+                in_range = tf.reduce_all((values >= 0.0) & (values <= 1.0))
+            with tf.control_dependencies([shape_ok, tf.debugging.Assert(in_range, [
+                    "serving_float takes values in [0, 1]; for 0-255 images use "
+                    "serving_default with uint8"])]):
                 x = tf.identity(images)
             return self._outputs(x)
 

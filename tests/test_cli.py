@@ -100,6 +100,11 @@ def test_mirrored_on_two_logical_cpus_from_the_command_line(tmp_path):
               "--queue_size=256", "--epochs=1", "--steps_per_epoch=2",
               "--knn_train_examples=256", "--knn_eval_examples=64")
     assert out.returncode == 0, out.stderr[-2000:]
+    # Readable output when stdout is not a terminal: plain progress lines, no bar
+    # redraws, no TensorFlow / absl INFO lines (C++ "I0000 ..." or absl "I1203 ...").
+    assert "\r" not in out.stdout
+    assert re.search(r"^epoch 1 step 2/2: loss \S+ ", out.stdout, re.M), out.stdout
+    assert not re.search(r"^I\d{4} ", out.stdout + out.stderr, re.M), out.stderr[-2000:]
     import json
     config = json.load(open(tmp_path / "config.json"))
     assert config["train"]["strategy"] == "mirrored"

@@ -62,6 +62,9 @@ def run_main(main):
     from tfssl.errors import UserError
 
     def wrapped(argv):
+        from tfssl.console import quiet_logs
+
+        quiet_logs()
         try:
             return main(argv)
         except UserError as e:

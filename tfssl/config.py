@@ -201,7 +201,9 @@ class TrainConfig:
     checkpoint_every_steps: int = option(500, "Checkpoint interval in steps.",
                                          positive)
     keep_checkpoints: int = option(3, "Checkpoints kept.", positive)
-    log_every_steps: int = option(50, "TensorBoard scalar interval in steps.",
+    log_every_steps: int = option(50, "TensorBoard scalar interval in steps (and the "
+                                  "progress-line interval when stdout is not a "
+                                  "terminal).",
                                   positive)
 
 

@@ -19,7 +19,7 @@ import time
 import keras
 import tensorflow as tf
 
-from tfssl import checkpoints, monitoring, optim, run_dir, schedules
+from tfssl import checkpoints, console, monitoring, optim, run_dir, schedules
 from tfssl import config as config_lib
 from tfssl.data import pipeline
 from tfssl.data.sources import load_source
@@ -448,8 +448,8 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
 
     while step < total_steps:
         epoch = step // spe
-        bar = keras.utils.Progbar(spe, verbose=verbose,
-                                  stateful_metrics=["learning_rate", "momentum"])
+        bar = console.progress(spe, epoch + 1, t.log_every_steps, verbose,
+                               stateful=["learning_rate", "momentum"])
         sums, count, before = progress.load(step, spe)
         started = time.perf_counter()
         for _ in range(step % spe, spe):

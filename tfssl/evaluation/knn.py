@@ -20,6 +20,7 @@ first within a chunk); ties in class score by the lower class index.
 
 from __future__ import annotations
 
+import weakref
 from typing import Iterable
 
 import numpy as np
@@ -145,6 +146,21 @@ def knn_accuracy(query_features, query_labels, bank_features, bank_labels, num_c
             "top5": float(100.0 * hits[:, :5].any(axis=1).mean())}
 
 
+_FORWARDS = weakref.WeakKeyDictionary()
+
+
+def _inference_function(backbone):
+    """The backbone's pooled features in inference mode as one traced function per
+    backbone, for any batch and image size (traced once, not at every evaluation)."""
+    if backbone not in _FORWARDS:
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def forward(images):
+            return backbone(images, training=False)["pooled"]
+
+        _FORWARDS[backbone] = forward
+    return _FORWARDS[backbone]
+
+
 def extract_features(backbone, dataset: Iterable) -> tuple[np.ndarray, np.ndarray]:
     """Pooled backbone features of a labelled dataset, in inference mode.
 
@@ -156,10 +172,7 @@ def extract_features(backbone, dataset: Iterable) -> tuple[np.ndarray, np.ndarra
     Returns:
         ``(features float32 [N, C], labels int64 [N])`` in dataset order.
     """
-    @tf.function(reduce_retracing=True)
-    def forward(images):
-        return backbone(images, training=False)["pooled"]
-
+    forward = _inference_function(backbone)
     features, labels = [], []
     for images, batch_labels in dataset:
         features.append(np.asarray(forward(images), dtype=np.float32))

@@ -150,10 +150,10 @@ _FORWARDS = weakref.WeakKeyDictionary()
 
 
 def _inference_function(backbone):
-    """The backbone's pooled features in inference mode as one traced function per
-    backbone, for any batch and image size (traced once, not at every evaluation)."""
+    """The backbone's pooled features in inference mode, one ``tf.function`` per
+    backbone (traced once per batch shape, not again at every evaluation)."""
     if backbone not in _FORWARDS:
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        @tf.function(reduce_retracing=True)
         def forward(images):
             return backbone(images, training=False)["pooled"]
 

@@ -131,3 +131,39 @@ def test_checkpoints_move_between_mirrored_and_one_device(tmp_path, mirrored):
     for a, b in zip(single.weights, back.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert int(back.optimizer.iterations.numpy()) == 2
+
+
+def test_unlabeled_nested_folder_trains_and_monitors_with_eval_data_dir(tmp_path, capsys):
+    """``--folder_labels=none``: every image under the folder (any depth) is a
+    pretraining example; the kNN monitor is off with one line, or runs on a
+    labelled ``--eval_data_dir``."""
+    from tests.helpers import fashion_batch
+    from tfssl.data.sources import load_source
+
+    images = fashion_batch(48, seed=3)[..., 0]
+    photos, labelled = tmp_path / "photos", tmp_path / "labelled"
+    for i, image in enumerate(images):
+        folder = photos / f"2026/{i % 3:02d}" if i % 2 else photos
+        folder.mkdir(parents=True, exist_ok=True)
+        png = tf.io.encode_png(np.stack([image] * 3, -1)).numpy()
+        (folder / f"{i:03d}.png").write_bytes(png)
+        for split in ("train", "test"):
+            cls = labelled / split / f"class_{i % 2}"
+            cls.mkdir(parents=True, exist_ok=True)
+            (cls / f"{i:03d}.png").write_bytes(png)
+    src = load_source("image_folder", "train", str(photos), image_size=28,
+                      folder_labels="none")
+    assert src.num_examples == 48 and src.num_classes == 0
+    assert set(src.labels.tolist()) == {-1}
+
+    def config(name, **extra):
+        return tiny_config(tmp_path / name, "moco_v2", batch=16, queue=32, steps=2,
+                           dataset="image_folder", data_dir=str(photos),
+                           folder_labels="none", knn_train_examples=0,
+                           knn_eval_examples=0, **extra)
+
+    summary, _ = train(config("plain"), verbose=1)
+    assert summary["step"] == 2 and summary["knn"] is None
+    assert "kNN monitor off: the train split of" in capsys.readouterr().out
+    summary, _ = train(config("monitored", eval_data_dir=str(labelled)), verbose=0)
+    assert summary["knn"] is not None and 0 <= summary["knn"]["top1"] <= 100

@@ -10,8 +10,5 @@ import os as _os
 # only when tfssl is imported before TensorFlow (as ``python -m tfssl.*`` does);
 # ``TF_ENABLE_ONEDNN_OPTS=0`` in the environment opts out.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-# TensorFlow's C++ INFO lines (oneDNN notices, CPU feature guard) stay out of the
-# output; TF_CPP_MIN_LOG_LEVEL=0 in the environment brings them back.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 __version__ = "0.1.0"

@@ -104,6 +104,14 @@ class DataConfig:
         "image folder root).")
     pretrain_split: str = option("train", "Split used for pretraining.")
     eval_split: str = option("test", "Split used as kNN queries.")
+    folder_labels: str = option(
+        "subfolders", "--dataset=image_folder: 'subfolders' (each sub-folder of the "
+        "split is a class) or 'none' (every image under it, recursively, unlabeled: "
+        "the kNN monitor then needs --eval_data_dir).", one_of("subfolders", "none"))
+    eval_data_dir: str | None = option(
+        None, "Labelled data for the kNN monitor and tfssl.evaluate when --data_dir "
+        "has none (same --dataset; image folders read with class sub-folders). "
+        "Default: --data_dir.")
     image_size: int = option(28, "Side of the (global) training views in pixels.",
                              positive)
     num_parallel_calls: int = option(

@@ -6,8 +6,8 @@ elsewhere, and no TensorFlow / absl INFO chatter.
   into thousands of lines, so :class:`LineProgress` prints one line every
   ``every`` steps and at the end of the epoch instead.
 * :func:`quiet_logs` keeps absl / TensorFlow Python logging at WARNING (unless
-  ``--verbosity`` was given); ``tfssl/__init__.py`` defaults
-  ``TF_CPP_MIN_LOG_LEVEL`` to 1, which hides TensorFlow's C++ INFO lines.
+  ``--verbosity`` was given); :func:`tfssl.cli.quiet_tensorflow` silences the C++
+  start-up lines.
 """
 
 import sys

@@ -55,6 +55,9 @@ class EvalConfig:
     protocol: str = option(None, "Evaluation protocol.", one_of(*PROTOCOLS))
     train_split: str = option("train", "Labelled split the kNN bank / classifier uses.")
     eval_split: str = option("", "Split reported on (empty = the run's --eval_split).")
+    eval_data_dir: str = option("", "Labelled data to evaluate on, e.g. for a run on "
+                                "unlabeled images (empty = the run's --eval_data_dir, "
+                                "else its --data_dir).")
     train_examples: int = option(0, "Use only the first N training examples (0 = all).",
                                  non_negative)
     eval_examples: int = option(0, "Use only the first N evaluation examples (0 = all).",
@@ -223,13 +226,18 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise UserError(f"--model_dir={cfg.model_dir} is not a directory; pass a run "
                         "directory written by python -m tfssl.train.")
     run = load_config(cfg.model_dir)
+    if cfg.eval_data_dir:
+        run = dataclasses.replace(run, data=dataclasses.replace(
+            run.data, eval_data_dir=cfg.eval_data_dir))
     d = run.data
     eval_split = cfg.eval_split or d.eval_split
-    sources = [run_source(run, split) for split in (cfg.train_split, eval_split)]
+    sources = [run_source(run, split, evaluation=True)
+               for split in (cfg.train_split, eval_split)]
     for source, flag in zip(sources, ("train_split", "eval_split")):
         if not source.num_classes:
             raise UserError(f"--dataset={d.dataset} split {source.split!r} has no labels; "
-                            f"evaluation needs a labelled --{flag}.")
+                            f"evaluation needs a labelled --{flag} (or --eval_data_dir="
+                            "DIR with labelled images).")
     # Refuse before the (possibly long) evaluation if its record cannot be written.
     path = os.path.join(cfg.model_dir, f"eval_{cfg.protocol}.json")
     outputs = [path] + ([subset_path(cfg.model_dir, cfg.semi_fraction, cfg.train_examples)]

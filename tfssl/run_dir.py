@@ -29,7 +29,8 @@ LOCK_FILE = ".lock"
 # long it trains. Everything else (architecture, method, data, optimisation) would
 # mix two runs in one directory.
 RESUMABLE = {
-    "data": {"data_dir", "num_parallel_calls", "examples_per_call", "eval_split"},
+    "data": {"data_dir", "num_parallel_calls", "examples_per_call", "eval_split",
+             "eval_data_dir"},
     "model": {"fused_batch_norm"},
     "optim": set(),
     "train": {"epochs", "strategy", "tpu", "cpu_devices", "jit_compile",

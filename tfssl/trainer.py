@@ -225,10 +225,18 @@ def knn_eval(backbone, config, train_source, test_source):
                             temperature=t.knn_temperature)
 
 
-def run_source(config, split):
-    """``split`` of the run's dataset (image folders resized to the image size)."""
-    return load_source(config.data.dataset, split, config.data.data_dir,
-                       image_size=config.data.image_size)
+def run_source(config, split, evaluation=False):
+    """``split`` of the run's dataset (image folders resized to the image size).
+
+    ``evaluation``: the labelled data of the kNN monitor and ``tfssl.evaluate``:
+    ``--eval_data_dir`` when given (image folders then read with class
+    sub-folders), else the training data.
+    """
+    d = config.data
+    if evaluation and d.eval_data_dir:
+        return load_source(d.dataset, split, d.eval_data_dir, image_size=d.image_size)
+    return load_source(d.dataset, split, d.data_dir, image_size=d.image_size,
+                       folder_labels=d.folder_labels)
 
 
 def _append_jsonl(path, record):
@@ -400,9 +408,15 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
 
     summary = {"step": step, "knn_init": None, "knn": None}
     knn_sources = None
-    bank_source = run_source(config, "train") if chief else None
+    bank_source = run_source(config, "train", evaluation=True) if chief else None
     if bank_source is not None and bank_source.num_classes:
-        knn_sources = (bank_source, run_source(config, config.data.eval_split))
+        knn_sources = (bank_source, run_source(config, config.data.eval_split,
+                                               evaluation=True))
+    elif bank_source is not None and verbose:
+        where = config.data.eval_data_dir or config.data.data_dir or config.data.dataset
+        print(f"kNN monitor off: the train split of {where} has no labels; pass "
+              "--eval_data_dir=DIR (labelled images, one sub-folder per class) to "
+              "monitor the run.")
 
     metrics_path = os.path.join(config.model_dir, METRICS_FILE)
     if chief:

@@ -29,12 +29,14 @@ TINY_SIDE = 8  # images with a side below this are kept (the crops upsample them
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 
-def scan(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+def scan(root: str, labels: str = "subfolders") -> tuple[list[str], np.ndarray, list[str]]:
     """Lists the image files under ``root``, sorted, with their labels.
 
     Every non-hidden sub-folder of ``root`` is a class (sorted names -> 0, 1, ...;
     empty ones too, so two folders with the same class names agree on indices);
     its images are found recursively.  Images directly in ``root`` get label -1.
+    With ``labels="none"`` every image under ``root`` (recursively, sorted by path)
+    has label -1 and there are no classes.
 
     Returns:
       (paths [N], labels int64 [N], class_names [num_classes]).
@@ -47,6 +49,9 @@ def scan(root: str) -> tuple[list[str], np.ndarray, list[str]]:
                       if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
         return found
 
+    if labels == "none":
+        paths = images_in(root, recursive=True)
+        return paths, np.full(len(paths), -1, np.int64), []
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     paths = images_in(root, recursive=False)
     labels = [-1] * len(paths)

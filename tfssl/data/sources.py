@@ -297,7 +297,8 @@ def _record_files(builder, parts, shape):
 _SPLIT_DIRS = ("train", "test", "val", "validation", "unlabeled")
 
 
-def _load_image_folder(split, data_dir, in_memory, image_size) -> Source:
+def _load_image_folder(split, data_dir, in_memory, image_size,
+                       labels="subfolders") -> Source:
     """Images under ``data_dir`` (or ``data_dir/split`` when that folder exists).
 
     Sub-folders are classes (sorted); images directly in the root have label -1.
@@ -324,7 +325,7 @@ def _load_image_folder(split, data_dir, in_memory, image_size) -> Source:
                             f"{split!r}; add {root} or pass the split folder itself as --data_dir")
         root = data_dir
         notes.append(f"no {split!r} sub-folder: split {split!r} is all of {data_dir}")
-    paths, labels, classes = _folder.scan(root)
+    paths, labels, classes = _folder.scan(root, labels)
     total = len(paths)
     if not total:
         raise UserError(f"--data_dir={root} holds no image files "
@@ -388,7 +389,8 @@ def known_datasets() -> tuple[str, ...]:
 
 
 def load_source(name: str, split: str, data_dir: str | None = None, *,
-                in_memory: bool | None = None, image_size: int | None = None) -> Source:
+                in_memory: bool | None = None, image_size: int | None = None,
+                folder_labels: str = "subfolders") -> Source:
     """Loads one split of a dataset; never downloads.
 
     Args:
@@ -400,6 +402,8 @@ def load_source(name: str, split: str, data_dir: str | None = None, *,
         arrays; None picks by size (``IN_MEMORY_BYTES``).
       image_size: ``image_folder`` only: side of the square images held in
         memory.  Other sources keep their native size and ignore it.
+      folder_labels: ``image_folder`` only: ``"subfolders"`` (classes) or
+        ``"none"`` (every image under the split, recursively, unlabeled).
 
     Raises:
       UserError: unknown name or split, missing / corrupt / unprepared data.
@@ -409,4 +413,6 @@ def load_source(name: str, split: str, data_dir: str | None = None, *,
                         f"{', '.join(known_datasets())}")
     if image_size is not None and image_size < 1:
         raise UserError(f"image_size must be a positive number of pixels, got {image_size}")
+    if name == "image_folder":
+        return _load_image_folder(split, data_dir, in_memory, image_size, folder_labels)
     return DATASETS[name](split, data_dir, in_memory, image_size)

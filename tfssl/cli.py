@@ -83,4 +83,11 @@ def run_main(main):
                   "checkpoint).", file=sys.stderr)
             sys.exit(2)
 
-    app.run(wrapped)
+    from tfssl.configs import expand_argv
+
+    try:
+        argv = expand_argv(sys.argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    app.run(wrapped, argv=argv)

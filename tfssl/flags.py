@@ -68,6 +68,13 @@ def define_flags(flag_values=flags.FLAGS):
         flags.DEFINE_string("model_dir", None, "Run directory (config.json, "
                             "checkpoints, TensorBoard logs, metrics.jsonl).",
                             flag_values=flag_values)
+    if "config" not in flag_values:
+        # Expanded into a --flagfile before parsing (tfssl.configs.expand_argv); defined
+        # here so that --helpfull lists it.
+        flags.DEFINE_string("config", None, "A shipped flagfile by name, e.g. "
+                            "cifar10/ressl (configs/<dataset>/<method>.flags); works "
+                            "from any directory and in an installed package.",
+                            flag_values=flag_values)
     for cls in GROUPS.values():
         _define(cls, "", flag_values)
     for name in METHODS.names():

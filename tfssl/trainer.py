@@ -295,12 +295,14 @@ class _Progress:
                                          "seconds": seconds}, sort_keys=True))
 
 
-def train(config, verbose=1, stop_at_step=None, strategy=None):
+def train(config, verbose=1, stop_at_step=None, strategy=None, source=None):
     """Pretrains (or resumes) the run described by ``config``.
 
     ``stop_at_step`` ends the run early with a checkpoint (as a SIGTERM would);
     re-running resumes exactly.  ``strategy`` overrides ``--strategy`` (library
-    use: a process should hold one MirroredStrategy).
+    use: a process should hold one MirroredStrategy). ``source`` (a
+    :class:`tfssl.data.sources.Source`, e.g. ``sources.from_array``) replaces the
+    configured dataset for pretraining; the kNN monitor is then off.
 
     The chief holds the run directory's lock for the whole call
     (:class:`tfssl.run_dir.RunLock`), and every check that can refuse the command
@@ -318,9 +320,9 @@ def train(config, verbose=1, stop_at_step=None, strategy=None):
         t = config.train
         strategy = strategy or make_strategy(t.strategy, t.tpu, t.cpu_devices)
         if not is_chief(strategy):
-            return _train(config, 0, stop_at_step, strategy, stop, None)
+            return _train(config, 0, stop_at_step, strategy, stop, None, source)
         with run_dir.RunLock(config.model_dir) as lock:
-            return _train(config, verbose, stop_at_step, strategy, stop, lock)
+            return _train(config, verbose, stop_at_step, strategy, stop, lock, source)
 
 
 def _checkpoint_factory(model, progress):
@@ -356,13 +358,14 @@ def _restore(model, progress, checkpoint_dir, chief):
     return step
 
 
-def _train(config, verbose, stop_at_step, strategy, stop, lock):
+def _train(config, verbose, stop_at_step, strategy, stop, lock, source=None):
     t = config.train
     chief = lock is not None
     checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
     if chief:
         check_run_dir(config, resuming=checkpoints.has_checkpoints(checkpoint_dir))
-    source = run_source(config, config.data.pretrain_split)
+    given = source is not None
+    source = source or run_source(config, config.data.pretrain_split)
     spe = pipeline.steps_per_epoch(source, t.global_batch_size, t.steps_per_epoch)
     if spe < 1:
         raise UserError(f"--global_batch_size={t.global_batch_size} is larger than "
@@ -394,21 +397,27 @@ def _train(config, verbose, stop_at_step, strategy, stop, lock):
         max_to_keep=t.keep_checkpoints)
     try:
         return _train_loop(config, verbose, stop_at_step, strategy, stop, chief,
-                           model, manager, progress, source, spe, step)
+                           model, manager, progress, source, spe, step, given)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
-                manager, progress, source, spe, step):
+                manager, progress, source, spe, step, given_source=False):
     t = config.train
     total_steps = config.total_steps(spe)
     state = model.weights + model.optimizer.variables
 
     summary = {"step": step, "knn_init": None, "knn": None}
     knn_sources = None
-    bank_source = run_source(config, "train", evaluation=True) if chief else None
+    bank_source = None
+    if chief and given_source:
+        if verbose:
+            print("kNN monitor off: the run trains on images given in Python; evaluate "
+                  "its backbone with tfssl.api.embed and your labels.")
+    elif chief:
+        bank_source = run_source(config, "train", evaluation=True)
     if bank_source is not None and bank_source.num_classes:
         knn_sources = (bank_source, run_source(config, config.data.eval_split,
                                                evaluation=True))

@@ -374,6 +374,70 @@ def _load_image_folder(split, data_dir, in_memory, image_size,
                   read=lambda index: tf.io.read_file(tf.gather(files, index)), **fields)
 
 
+# ------------------------------------------------------------ images given in Python
+
+
+def from_array(images, labels=None, name="array") -> Source:
+    """A :class:`Source` of images held in a NumPy array (the Python API).
+
+    Args:
+      images: ``[N, H, W, C]``, ``C`` in {1, 3}: uint8, or floats in [0, 1]
+        (rounded to uint8).
+      labels: optional int ``[N]`` (-1 where unknown).
+
+    The mean and std are the images' own (per channel, gray replicated).
+
+    Raises:
+      UserError: another shape, or values outside [0, 1] for floats.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
+        raise UserError(f"images must be [N, H, W, C] with C 1 or 3 and N > 0; got shape "
+                        f"{images.shape}")
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.floating) or images.min() < 0 or (
+                images.max() > 1):
+            raise UserError("images must be uint8, or floats in [0, 1]; got "
+                            f"{images.dtype} in [{images.min()}, {images.max()}]")
+        images = np.round(images * 255.0).astype(np.uint8)
+    labels = (np.full(len(images), -1, np.int64) if labels is None
+              else np.asarray(labels, np.int64).reshape(-1))
+    if len(labels) != len(images):
+        raise UserError(f"{len(labels)} labels for {len(images)} images")
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    mean, std = pixels.mean(axis=0), np.maximum(pixels.std(axis=0), 1e-3)
+    if len(mean) == 1:
+        mean, std = np.repeat(mean, 3), np.repeat(std, 3)
+    known = labels[labels >= 0]
+    return _make(name, "train", np.ascontiguousarray(images), labels, True,
+                 num_classes=int(known.max()) + 1 if len(known) else 0,
+                 image_shape=tuple(images.shape[1:]),
+                 mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+                 notes="images given in Python")
+
+
+def from_dataset(dataset, name="dataset") -> Source:
+    """:func:`from_array` of a finite ``tf.data.Dataset`` of images (each element an
+    image ``[H, W, C]``, an ``(image, label)`` pair or a ``{"image", "label"}``
+    dict), read into memory once; the images must share one size."""
+    images, labels = [], []
+    for element in dataset.as_numpy_iterator():
+        if isinstance(element, dict):
+            image, label = element["image"], element.get("label", -1)
+        elif isinstance(element, tuple):
+            image, label = element[0], element[1] if len(element) > 1 else -1
+        else:
+            image, label = element, -1
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise UserError("the dataset is empty")
+    if len({np.shape(i) for i in images}) > 1:
+        raise UserError("the dataset's images differ in size; resize them to one size "
+                        "first (e.g. tf.image.resize) or use --dataset=image_folder")
+    return from_array(np.stack(images), np.asarray(labels), name)
+
+
 # --------------------------------------------------------------------- registry
 
 DATASETS: dict[str, Callable[..., Source]] = {

@@ -45,6 +45,13 @@ def one_of(*choices):
     return check
 
 
+def _backbone_name(v):
+    resnets = ("resnet10", "resnet18", "resnet34", "resnet50")
+    if v in resnets or (v.startswith("keras:") and len(v) > len("keras:")):
+        return None
+    return f"must be one of {', '.join(resnets)} or keras:NAME (keras.applications)"
+
+
 def option(default, help, check=None, flag_prefix=None):
     """A dataclass field with its flag help text and validity check.
 
@@ -125,8 +132,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = option("resnet18", "Backbone architecture.",
-                           one_of("resnet10", "resnet18", "resnet34", "resnet50"))
+    backbone: str = option(
+        "resnet18", "Backbone architecture: resnet10/18/34/50, or keras:NAME for any "
+        "keras.applications architecture (e.g. keras:MobileNetV3Small; built with "
+        "include_top=False, weights=None; --stem and --width do not apply).",
+        _backbone_name)
     stem: str = option("cifar", "ResNet stem: cifar (3x3/1, no max-pool) or "
                        "imagenet (7x7/2 + max-pool).", one_of("cifar", "imagenet"))
     width: float = option(1.0, "Width multiplier of the backbone channels.",

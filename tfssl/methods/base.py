@@ -48,7 +48,8 @@ from tfssl.methods.momentum import MomentumPair
 from tfssl.methods.shuffle_bn import shuffled_apply
 from tfssl.models import precision
 from tfssl.models.heads import build_mlp
-from tfssl.models.resnet import build_backbone, feature_dim
+from tfssl.models import applications
+from tfssl.models.resnet import build_backbone
 from tfssl.registry import Registry
 
 METHODS = Registry("method")
@@ -156,12 +157,18 @@ class MomentumMethod(keras.Model):
         m = config.model
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.batch_norm = self.batch_norm_mode(m.batch_norm, replicas)
-        self.backbone = build_backbone(
-            m.backbone, stem=m.stem, width=m.width,
-            image_size=config.data.image_size, mean=mean, std=std,
-            sync_bn=self.batch_norm == "sync", fused_bn=m.fused_batch_norm,
-            model_name="backbone")
-        self.feature_dim = feature_dim(m.backbone, m.width)
+        if m.backbone.startswith(applications.PREFIX):
+            self.backbone = applications.build_application(
+                m.backbone[len(applications.PREFIX):], mean=mean, std=std,
+                sync_bn=self.batch_norm == "sync", fused_bn=m.fused_batch_norm,
+                model_name="backbone")
+        else:
+            self.backbone = build_backbone(
+                m.backbone, stem=m.stem, width=m.width,
+                image_size=config.data.image_size, mean=mean, std=std,
+                sync_bn=self.batch_norm == "sync", fused_bn=m.fused_batch_norm,
+                model_name="backbone")
+        self.feature_dim = int(self.backbone.output["pooled"].shape[-1])
         self._momentum_schedule = schedules.momentum_schedule(
             config.train.momentum_schedule, config.train.momentum,
             self.total_steps)

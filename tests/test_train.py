@@ -40,7 +40,9 @@ def test_resume_is_exact_and_run_dir_is_complete(tmp_path):
     records = [json.loads(l) for l in open(run / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert {"loss", "relation", "learning_rate", "momentum", "images_per_sec",
-            "knn_top1"} <= set(records[-1])
+            "knn_top1", "rankme"} <= set(records[-1])
+    # RankMe of 128 query images' 64-d pooled features: between 1 and 64.
+    assert 1.0 <= records[-1]["rankme"] <= 64.0
     assert os.listdir(run / "tb") and os.path.isdir(run / "checkpoints")
 
 
@@ -86,7 +88,8 @@ def test_tensorboard_holds_views_and_projector(tmp_path):
     acc.Reload()
     tags = set(acc.Tags()["tensors"])
     assert {"views/0_28px", "views/1_28px", "train/relation", "train/alpha",
-            "train/teacher_entropy", "train/embedding_std", "knn/top1"} <= tags
+            "train/teacher_entropy", "train/embedding_std", "knn/top1",
+            "monitor/rankme"} <= tags
     assert (tmp_path / "tb" / "projector_config.pbtxt").exists()
     assert len(open(tmp_path / "tb" / "metadata.tsv").readlines()) == 32
 

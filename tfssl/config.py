@@ -216,6 +216,10 @@ class TrainConfig:
     projector_examples: int = option(
         2000, "Evaluation examples exported to TensorBoard's embedding projector at "
         "the end (0 = none).", non_negative)
+    rankme_examples: int = option(
+        512, "Images (the first of the kNN query split, else of the training data) "
+        "whose pooled features' RankMe, a label-free quality signal, is logged every "
+        "--log_every_steps and at each epoch end (0 = off).", non_negative)
     checkpoint_every_steps: int = option(500, "Checkpoint interval in steps.",
                                          positive)
     keep_checkpoints: int = option(3, "Checkpoints kept.", positive)

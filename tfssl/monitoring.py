@@ -4,6 +4,9 @@
   the per-dimension standard deviation over the batch of L2-normalised embeddings,
   averaged over dimensions. A collapsed representation gives 0; embeddings spread
   uniformly on the sphere give about ``1/sqrt(d)``.
+* :func:`rankme` — RankMe (Garrido et al. 2023), the effective rank of a feature
+  matrix: a label-free quality signal (a representation that uses few directions
+  scores low), logged for a fixed batch of images during training.
 * :func:`write_view_grid` — each view recipe's augmented samples at the start.
 * :func:`write_images` — a method's first-batch pictures (ReCo's mixed images).
 * :func:`write_method_summaries` — a method's own extras (``model.summaries()``).
@@ -29,6 +32,18 @@ def embedding_std(z):
     mean = _sum_over_replicas(tf.reduce_sum(z, 0)) / n
     var = _sum_over_replicas(tf.reduce_sum(tf.square(z - mean), 0)) / n
     return tf.reduce_mean(tf.sqrt(var))
+
+
+def rankme(features, eps=1e-7):
+    """RankMe of ``features`` ``[N, C]``: ``exp(-Σ_k p_k log p_k)`` with ``p_k =
+    σ_k / Σ_j σ_j + ε`` over the singular values ``σ`` (Garrido et al. 2023, eq. 1).
+
+    Between 1 and ``min(N, C)``; a matrix with ``r`` equal non-zero singular values
+    scores ``r``. float32 scalar (computed in float64).
+    """
+    s = tf.linalg.svd(tf.cast(features, tf.float64), compute_uv=False)
+    p = s / tf.maximum(tf.reduce_sum(s), 1e-300) + eps
+    return tf.cast(tf.exp(-tf.reduce_sum(p * tf.math.log(p))), tf.float32)
 
 
 def _sum_over_replicas(x):

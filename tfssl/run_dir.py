@@ -36,7 +36,7 @@ RESUMABLE = {
     "train": {"epochs", "strategy", "tpu", "cpu_devices", "jit_compile",
               "knn_every_epochs", "knn_k", "knn_temperature", "knn_train_examples",
               "knn_eval_examples", "projector_examples", "checkpoint_every_steps",
-              "keep_checkpoints", "log_every_steps"},
+              "keep_checkpoints", "log_every_steps", "rankme_examples"},
     "method_params": set(),
 }
 

@@ -439,6 +439,8 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
         batch = next(iter(first))
         monitoring.write_view_grid(writer, batch, model.input_view_specs())
         monitoring.write_images(writer, model.first_batch_images(batch))
+    rank = _rankme_function(config, model, knn_sources[1] if knn_sources else source,
+                            chief)
     monitor_batch = None
     if chief and type(model).monitor_images is not MomentumMethod.monitor_images:
         eval_source = knn_sources[1] if knn_sources else source
@@ -481,7 +483,7 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
             count += 1
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
-            _log_step(config, writer, model, step, logs, chief)
+            _log_step(config, writer, model, step, logs, chief, rank)
             bar.update(step - epoch * spe, list(logs.items()))
             if step % spe == 0:
                 break  # the epoch-end checkpoint below
@@ -500,6 +502,8 @@ def _train_loop(config, verbose, stop_at_step, strategy, stop, chief, model,
                   **{k: v / max(count, 1) for k, v in sums.items()},
                   "images_per_sec": count * t.global_batch_size / max(
                       before + time.perf_counter() - started, 1e-9)}
+        if rank is not None:
+            record["rankme"] = float(rank())
         if chief:
             due = (t.knn_every_epochs and (epoch + 1) % t.knn_every_epochs == 0)
             if knn_sources and (due or step >= total_steps):
@@ -553,12 +557,30 @@ def _one_step(train_function, iterator, stop, manager, step):
     return logs
 
 
-def _log_step(config, writer, model, step, logs, chief):
+def _log_step(config, writer, model, step, logs, chief, rank=None):
     if step % config.train.log_every_steps == 0 and chief:
         with writer.as_default(step=step):
             for k, v in logs.items():
                 tf.summary.scalar(f"train/{k}", v)
+            if rank is not None:
+                tf.summary.scalar("monitor/rankme", rank())
         monitoring.write_method_summaries(writer, step, model.summaries())
+
+
+def _rankme_function(config, model, source, chief):
+    """``fn() -> RankMe`` of the pooled features of the first ``--rankme_examples``
+    images of ``source`` (a fixed batch), or None (off, or not the chief)."""
+    n = config.train.rankme_examples
+    if not chief or not n:
+        return None
+    images = next(iter(pipeline.eval_dataset(source, config.data.image_size, n,
+                                             limit=n)))[0]
+
+    @tf.function
+    def rank():
+        return monitoring.rankme(model.backbone(images, training=False)["pooled"])
+
+    return rank
 
 
 def load_trained_model(config, strategy=None):

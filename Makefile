@@ -32,7 +32,7 @@ train: setup
 	@echo "SavedModel:       $(RUN)/export"
 
 test: setup
-	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) runs

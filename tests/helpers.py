@@ -24,7 +24,9 @@ def tiny_config(model_dir, method="moco_v2", *, batch=16, queue=64, epochs=1,
         "train": config_lib.TrainConfig(
             method=method, global_batch_size=batch, queue_size=queue, epochs=epochs,
             steps_per_epoch=steps, knn_train_examples=256, knn_eval_examples=128,
-            knn_k=20, log_every_steps=1),
+            knn_k=20, log_every_steps=1,
+            # RankMe at every logged step: 32 images keep it cheap in tests.
+            rankme_examples=32),
         "method_params": params_cls(**params),
     }
     for key, value in overrides.items():

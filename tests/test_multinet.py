@@ -117,7 +117,7 @@ def np_losses(model, views_):
     return l_s, l_m, z1
 
 
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k", [3])  # k = 2 is the other tests' default
 def test_loss_matches_numpy_algorithm_1_on_the_models_outputs(tmp_path, k):
     model = make(tmp_path, combine_k=k, momentum_weight=4.0, temperature=0.5)
     model.train_step(real_views(model, 8, seed=1))  # the queue holds keys

@@ -41,8 +41,8 @@ def test_resume_is_exact_and_run_dir_is_complete(tmp_path):
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert {"loss", "relation", "learning_rate", "momentum", "images_per_sec",
             "knn_top1", "rankme"} <= set(records[-1])
-    # RankMe of 128 query images' 64-d pooled features: between 1 and 64.
-    assert 1.0 <= records[-1]["rankme"] <= 64.0
+    # RankMe of 32 query images' 64-d pooled features: between 1 and 32.
+    assert 1.0 <= records[-1]["rankme"] <= 32.0
     assert os.listdir(run / "tb") and os.path.isdir(run / "checkpoints")
 
 

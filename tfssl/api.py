@@ -91,8 +91,8 @@ def embed(model, images, batch_size=256, normalize=True, image_size=None):
     from tfssl.evaluation.knn import extract_features
 
     backbone = getattr(model, "backbone", model)
-    size = image_size or getattr(getattr(model, "run_config", None), "data", None)
-    size = size if isinstance(size, int) else getattr(size, "image_size", None)
+    run_config = getattr(model, "run_config", None)
+    size = image_size or (run_config.data.image_size if run_config else None)
     if not size:
         raise UserError("embed needs image_size= for a bare backbone (the model "
                         "api.train returned knows it)")

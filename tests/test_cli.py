@@ -83,7 +83,7 @@ def test_unknown_flag_in_a_flagfile(tmp_path):
     flagfile.write_text("--flagfile=configs/fashion_mnist/quickstart.flags\n"
                         "--no_such_flag=3\n")
     out = run("tfssl.train", f"--flagfile={flagfile}", f"--model_dir={tmp_path}")
-    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "no_such_flag" in out.stderr
 
 

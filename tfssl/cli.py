@@ -55,8 +55,9 @@ def io_fault(error):
 
 
 def run_main(main):
-    """``absl.app.run(main)``: a :class:`UserError`, or a full disk / permission
-    fault met while writing, is printed on one line and exits with status 2."""
+    """``absl.app.run(main)``: a bad flag, a :class:`UserError`, or a full disk /
+    permission fault met while writing, is printed on one line and exits with
+    status 2."""
     from absl import app
 
     from tfssl.errors import UserError
@@ -90,4 +91,14 @@ def run_main(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    app.run(wrapped, argv=argv)
+    def parse(args):
+        # absl's own parser exits with status 1; a bad flag is a user error (2).
+        from absl import flags
+
+        try:
+            return flags.FLAGS(args)
+        except flags.Error as e:
+            print(f"error: {e}. Pass --helpshort to list the flags.", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(wrapped, argv=argv, flags_parser=parse)

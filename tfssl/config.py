@@ -128,6 +128,11 @@ class DataConfig:
         "of this, 2 and 1 that divides the per-replica batch). More amortises "
         "tf.data's per-call cost; each costs ~2 s of tracing when the pipeline is "
         "built. The views do not depend on it.", positive)
+    augment_on: str = option(
+        "host", "Where the views' pixel work runs: 'host' (tf.data) or 'device' (in "
+        "the replica step, batched, on the accelerator; tf.data then only decodes "
+        "and draws the random parameters). The views agree to float rounding "
+        "(1e-5), not bit for bit.", one_of("host", "device"))
 
 
 @dataclasses.dataclass(frozen=True)

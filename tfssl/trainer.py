@@ -88,7 +88,7 @@ def distributed_pretrain_dataset(strategy, source, specs, config, start_step):
             source, specs, t.global_batch_size, seed=t.seed, start_step=start_step,
             num_parallel_calls=config.data.num_parallel_calls,
             examples_per_call=config.data.examples_per_call,
-            input_context=input_context)
+            input_context=input_context, augment_on=config.data.augment_on)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 

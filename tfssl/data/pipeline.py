@@ -86,7 +86,7 @@ def _shard_filter(global_batch_size, pipeline_id, num_pipelines):
 
 def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
                      num_parallel_calls=AUTOTUNE, deterministic=True,
-                     input_context=None, examples_per_call=4):
+                     input_context=None, examples_per_call=4, augment_on="host"):
     """Batches of views for pretraining.
 
     Args:
@@ -102,12 +102,20 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         (the largest of this, 2 and 1 dividing the batch; 4 measured fastest of
         1, 4, 8 at 32 px, docs/BENCHMARKS.md). Each costs about 2 s of tracing
         when the dataset is built; the views are the same for every value.
+      augment_on: ``"host"``: the dataset makes the views. ``"device"``: it makes
+        what :func:`tfssl.data.device_augment.apply_views` needs to make them in
+        the replica step (every random parameter; the images, or for sources of
+        varying image size the crops).
 
     Returns:
       An infinite ``tf.data.Dataset`` of tuples ``(view_0, ..., view_{V-1})``,
-      each ``float32 [b, size_v, size_v, 3]``; ``b`` is the global batch, or the
-      per-replica batch under ``input_context``.
+      each ``float32 [b, size_v, size_v, 3]`` (``augment_on="device"``: of device
+      batches); ``b`` is the global batch, or the per-replica batch under
+      ``input_context``.
     """
+    if augment_on not in ("host", "device"):
+        raise ValueError(f"augment_on must be 'host' or 'device', got {augment_on!r}")
+    device = augment_on == "device"
     global_batch_size = int(global_batch_size)
     start = int(start_step) * global_batch_size
     batch_size, keep = global_batch_size, None
@@ -119,7 +127,10 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
     parallel = AUTOTUNE if num_parallel_calls in (None, -1) else num_parallel_calls
     specs = tuple(specs)
 
-    def make(position, image):
+    def make(position, image, crop=True):
+        if device:
+            return views_lib.make_view_params(image, specs, _example_seed(seed, position),
+                                              crop=crop)
         return views_lib.make_views(image, specs, _example_seed(seed, position))
 
     if source.records is not None:
@@ -129,7 +140,8 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         rec = source.records
         ds = records.record_stream(rec, seed, start // pipelines, pipeline_id, pipelines)
         ds = ds.map(lambda position, record: views_lib.make_views_from_bytes(
-            rec.image(record), specs, _example_seed(seed, position), rec.channels),
+            rec.image(record), specs, _example_seed(seed, position), rec.channels,
+            for_device=device),
             num_parallel_calls=parallel, deterministic=deterministic)
         return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
@@ -141,7 +153,7 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         if keep is not None:
             ds = ds.filter(keep)
         ds = ds.map(lambda position, index: views_lib.make_views_from_bytes(
-            source.read(index), specs, _example_seed(seed, position)),
+            source.read(index), specs, _example_seed(seed, position), for_device=device),
             num_parallel_calls=parallel, deterministic=deterministic)
         # A file with a damaged body (large folders are header-checked only) is
         # dropped here; the stream is exact when every file decodes.
@@ -162,10 +174,9 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         group = next(g for g in (int(examples_per_call), 2, 1) if batch_size % g == 0)
 
         def make_group(positions, indices):
-            made = [make(positions[j], tf.gather(images, indices[j]))
+            made = [make(positions[j], tf.gather(images, indices[j]), crop=False)
                     for j in range(group)]
-            return tuple(tf.stack([views[v] for views in made])
-                         for v in range(len(specs)))
+            return tf.nest.map_structure(lambda *parts: tf.stack(parts), *made)
 
         ds = ds.batch(group, drop_remainder=True)
         ds = ds.map(make_group, num_parallel_calls=parallel, deterministic=deterministic)

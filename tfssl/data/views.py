@@ -121,7 +121,11 @@ def apply_view(image: tf.Tensor, spec: ViewSpec, seed: tf.Tensor) -> tf.Tensor:
 
 
 def _after_crop(x, spec, seed):
-    """The ops of :func:`apply_view` after the crop."""
+    """The ops of :func:`apply_view` after the crop.
+
+    Kept in step with :func:`sample_view_params` and
+    :func:`tfssl.data.device_augment.photometric` (the batched device path).
+    """
     if spec.flip_p > 0:
         x = augment.random_flip(x, augment.fold(seed, _FLIP), spec.flip_p)
     if spec.jitter_p > 0 and any(spec.jitter):
@@ -135,6 +139,74 @@ def _after_crop(x, spec, seed):
     if spec.solarize_p > 0:
         x = augment.random_solarize(x, augment.fold(seed, _SOLARIZE), spec.solarize_p)
     return x
+
+
+def sample_view_params(image_shape, spec: ViewSpec, seed: tf.Tensor) -> dict:
+    """Every random parameter of one view, drawn as :func:`apply_view` draws it.
+
+    The batched path (``--augment_on=device``) samples these on the host, where
+    they cost a few dozen numbers per view, and applies them to a whole batch in
+    the replica step (:mod:`tfssl.data.device_augment`).
+
+    Args:
+        image_shape: ``[H, W, ...]`` of the source image.
+        spec: the view's recipe.
+        seed: int32/int64 ``[2]``, the view's seed (as :func:`apply_view`'s).
+
+    Returns:
+        ``{"box": int32 [4], "flip": bool [], "jitter": bool [], "jitter_factors":
+        float32 [4], "jitter_order": int32 [4], "gray": bool [], "blur": bool [],
+        "blur_sigma": float32 [], "solarize": bool []}``; an op the spec leaves out
+        (probability 0) gets ``False`` and is skipped on both paths.
+    """
+    seed = tf.convert_to_tensor(seed)
+    off = tf.constant(False)
+    jitter = augment.sample_jitter_params(augment.fold(seed, _JITTER), spec.jitter,
+                                          spec.jitter_p)
+    blur = augment.sample_blur_params(augment.fold(seed, _BLUR), spec.blur_p,
+                                      spec.blur_sigma)
+    use_jitter = spec.jitter_p > 0 and any(spec.jitter)
+    return {
+        "box": augment.sample_crop_box(augment.fold(seed, _CROP), image_shape,
+                                       spec.crop_scale, spec.crop_ratio),
+        "flip": augment.sample_apply(augment.fold(seed, _FLIP), spec.flip_p)
+        if spec.flip_p > 0 else off,
+        "jitter": jitter.apply if use_jitter else off,
+        "jitter_factors": jitter.factors,
+        "jitter_order": jitter.order,
+        "gray": augment.sample_apply(augment.fold(seed, _GRAY), spec.gray_p)
+        if spec.gray_p > 0 else off,
+        "blur": blur.apply if spec.blur_p > 0 else off,
+        "blur_sigma": blur.sigma,
+        "solarize": augment.sample_apply(augment.fold(seed, _SOLARIZE), spec.solarize_p)
+        if spec.solarize_p > 0 else off,
+    }
+
+
+def make_view_params(image: tf.Tensor, specs: Sequence[ViewSpec], seed: tf.Tensor,
+                     crop: bool = False) -> dict:
+    """The host half of ``--augment_on=device`` for one example.
+
+    Args:
+        image: uint8 ``[H, W, C]``.
+        specs, seed: as :func:`make_views` (view ``i`` uses ``fold_in(seed, i)``).
+        crop: also crop and resize each view here (sources whose images differ in
+            size); otherwise the image itself goes to the device.
+
+    Returns:
+        ``{"params": tuple of sample_view_params dicts}`` with ``"image"`` (the
+        uint8 image) or, with ``crop``, ``"crops"`` (float32 ``[size, size, 3]``
+        per view, before the flip).
+    """
+    seed = tf.convert_to_tensor(seed)
+    seeds = [augment.fold(seed, i) for i in range(len(specs))]
+    params = tuple(sample_view_params(tf.shape(image), spec, s)
+                   for spec, s in zip(specs, seeds))
+    if not crop:
+        return {"image": image, "params": params}
+    x = augment.to_float_rgb(image)
+    return {"crops": tuple(augment.resized_crop(x, p["box"], spec.size)
+                           for p, spec in zip(params, specs)), "params": params}
 
 
 def make_views(image: tf.Tensor, specs: Sequence[ViewSpec], seed: tf.Tensor) -> tuple:
@@ -163,7 +235,7 @@ WINDOW_FRACTION = 0.6
 
 
 def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: tf.Tensor,
-                          channels: int = 3) -> tuple:
+                          channels: int = 3, for_device: bool = False):
     """:func:`make_views` of an encoded image, decoding only what the crops need.
 
     A JPEG is decoded with ``tf.io.decode_and_crop_jpeg`` over the smallest window
@@ -177,6 +249,8 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
         encoded: string scalar, the file's bytes (JPEG, PNG, GIF, BMP).
         specs, seed: as :func:`make_views`.
         channels: decoded channels (3: RGB; gray and palette images converted).
+        for_device: return :func:`make_view_params` ``(crop=True)`` instead of the
+            views: the crops and every view's parameters (``--augment_on=device``).
     """
     seed = tf.convert_to_tensor(seed)
     seeds = [augment.fold(seed, i) for i in range(len(specs))]
@@ -184,13 +258,14 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
     def whole():
         image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
         image.set_shape([None, None, channels])
+        if for_device:
+            return make_view_params(image, specs, seed, crop=True)
         return make_views(image, specs, seed)
 
     def jpeg():
         shape = tf.image.extract_jpeg_shape(encoded)
-        boxes = tf.stack([augment.sample_crop_box(augment.fold(s, _CROP), shape,
-                                                  spec.crop_scale, spec.crop_ratio)
-                          for s, spec in zip(seeds, specs)])
+        params = tuple(sample_view_params(shape, spec, s) for spec, s in zip(specs, seeds))
+        boxes = tf.stack([p["box"] for p in params])
         top = tf.maximum(tf.reduce_min(boxes[:, 0]) - JPEG_MARGIN, 0)
         left = tf.maximum(tf.reduce_min(boxes[:, 1]) - JPEG_MARGIN, 0)
         bottom = tf.minimum(tf.reduce_max(boxes[:, 0] + boxes[:, 2]) + JPEG_MARGIN,
@@ -204,9 +279,11 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
                 channels=channels)
             x = augment.to_float_rgb(part)
             shift = tf.stack([top, left, 0, 0])
-            return tuple(_after_crop(augment.resized_crop(x, boxes[i] - shift,
-                                                          spec.size), spec, seeds[i])
-                         for i, spec in enumerate(specs))
+            crops = tuple(augment.resized_crop(x, boxes[i] - shift, spec.size)
+                          for i, spec in enumerate(specs))
+            if for_device:
+                return {"crops": crops, "params": params}
+            return tuple(_after_crop(c, spec, s) for c, spec, s in zip(crops, specs, seeds))
 
         area = tf.cast((bottom - top) * (right - left), tf.float32)
         small = area < WINDOW_FRACTION * tf.cast(shape[0] * shape[1], tf.float32)

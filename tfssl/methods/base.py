@@ -41,6 +41,7 @@ import keras
 import tensorflow as tf
 
 from tfssl import schedules
+from tfssl.data import device_augment
 from tfssl.errors import UserError
 from tfssl.losses import l2_normalize
 from tfssl.methods.memory_bank import MemoryBank, check_queue_size
@@ -465,6 +466,8 @@ class MomentumMethod(keras.Model):
             self.optimizer.build(self.online_variables)
 
     def train_step(self, data):
+        if device_augment.is_device_batch(data):  # --augment_on=device
+            data = device_augment.apply_views(data, self.input_view_specs())
         views = tuple(data) if isinstance(data, (tuple, list)) else (data,)
         step = tf.convert_to_tensor(self.steps_taken)
         variables = self.online_variables

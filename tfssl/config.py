@@ -126,8 +126,8 @@ class DataConfig:
     examples_per_call: int = option(
         4, "In-memory datasets: examples augmented per tf.data map call (the largest "
         "of this, 2 and 1 that divides the per-replica batch). More amortises "
-        "tf.data's per-call cost; each costs ~2 s of tracing when the pipeline is "
-        "built. The views do not depend on it.", positive)
+        "tf.data's per-call cost; larger groups take longer to trace when the "
+        "pipeline is built. The views do not depend on it.", positive)
     augment_on: str = option(
         "host", "Where the views' pixel work runs: 'host' (tf.data) or 'device' (in "
         "the replica step, batched, on the accelerator; tf.data then only decodes "

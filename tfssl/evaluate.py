@@ -1,6 +1,6 @@
 """Evaluate a pretrained run: ``python -m tfssl.evaluate --model_dir=DIR --protocol=P``.
 
-Protocols (``METHODS.md``, "Evaluation protocols"), all on the backbone of the latest
+Protocols (``docs/METHODS.md``, "Evaluation protocols"), all on the backbone of the latest
 checkpoint in ``DIR``, training on ``--train_split`` and reporting top-1/top-5 on
 ``--eval_split`` (default: the run's):
 

@@ -15,7 +15,7 @@ The two paths compute the same formula (the tensor path in float32, so steps abo
 
 Who uses what: ``warmup_cosine_lr`` (pretraining LR), ``step_lr`` (linear probe,
 x0.1 at epochs 60 and 80), ``cosine_momentum``/``constant`` (EMA momentum,
-``METHODS.md`` "Shared machinery"), ``linear_ramp`` (SMoG's beta 1.0 -> 0.99),
+``docs/METHODS.md`` "Shared machinery"), ``linear_ramp`` (SMoG's beta 1.0 -> 0.99),
 ``warmup_weight`` (ReSSL's alpha warm-up).
 """
 

@@ -14,7 +14,13 @@
 * ``reads_per_pipeline``: files read by one input pipeline of 1 and of 2 after 16
   global batches (``consumed`` rows, plus what its prefetch read ahead);
 * ``resume_seconds``: time to the first batch of a stream started at position 0
-  and at position 10^6.
+  and at position 10^6;
+* ``--device_augment``: instead of the above, the split that ``--augment_on=device``
+  makes: ``images_per_sec`` of the host's share (``augment_on=device``: decode, draw
+  the view parameters, crop; ``host``: the whole views, for comparison), then
+  ``device_images_per_sec`` of :func:`tfssl.data.device_augment.apply_views` on
+  those batches in a ``tf.function``, with and without XLA (on this machine's CPU:
+  a GPU or TPU runs it far faster, and it then overlaps nothing on the host).
 """
 
 import argparse
@@ -65,6 +71,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--device_augment", action="store_true")
     args = p.parse_args()
 
     import tensorflow as tf
@@ -85,6 +92,9 @@ def main():
     b, calls = args.batch, args.threads
     base = {"tool": "input_benchmark", "cpu": cpu_summary(), "threads": args.threads,
             "images": src.num_examples, "image_size": args.image_size, "batch": b}
+
+    if args.device_augment:
+        return device_augment_rates(src, specs, args, base)
 
     window = pipeline.pretrain_dataset(src, specs, b, seed=0, num_parallel_calls=calls)
     files = tf.constant(sorted(os.path.join(args.folder, f)
@@ -129,6 +139,32 @@ def main():
         next(iter(ds))
         print(json.dumps({**base, "measure": "resume_seconds", "position": position,
                           "value": round(time.perf_counter() - t, 3)}), flush=True)
+
+
+def device_augment_rates(src, specs, args, base):
+    import tensorflow as tf
+
+    from tfssl.data import device_augment, pipeline
+
+    b, calls = args.batch, args.threads
+    for on in ("device", "host", "device", "host"):
+        ds = pipeline.pretrain_dataset(src, specs, b, seed=0, num_parallel_calls=calls,
+                                       augment_on=on)
+        print(json.dumps({**base, "measure": "images_per_sec", "augment_on": on,
+                          "value": round(rate(ds, args.batches, b), 1)}), flush=True)
+    ds = pipeline.pretrain_dataset(src, specs, b, seed=0, num_parallel_calls=calls,
+                                   augment_on="device")
+    batches = [x for _, x in zip(range(args.batches), ds)]
+    for jit in (False, True, False, True):
+        fn = tf.function(lambda x: device_augment.apply_views(x, specs), jit_compile=jit)
+        [v.numpy() for v in fn(batches[0])]  # trace and compile
+        t = time.perf_counter()
+        for x in batches:
+            out = fn(x)
+        [v.numpy() for v in out]
+        print(json.dumps({**base, "measure": "device_images_per_sec", "jit_compile": jit,
+                          "value": round(len(batches) * b / (time.perf_counter() - t), 1)}),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,8 @@ def resized_crop(image: tf.Tensor, box: tf.Tensor, size: int,
     of exactly ``size x size`` returns its pixels unchanged. ``tf.image.
     crop_and_resize`` was measured and rejected: its align-corners sampling differs
     from torchvision and, with half-pixel boxes, extrapolates zeros at the borders;
-    slice + ``tf.image.resize`` was also faster (0.9 vs 1.5 ms at 224 px).
+    slice + ``tf.image.resize`` was also faster (docs/BENCHMARKS.md, "Measurements
+    behind design decisions").
 
     Args:
         image: ``[H, W, C]`` float32.
@@ -337,9 +338,9 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, kernel_size: int | None = 
     """Separable Gaussian blur with reflect padding (torchvision's ``gaussian_blur``).
 
     Each 1-D pass is a matmul with a banded ``[n, n]`` matrix that folds the reflect
-    padding into its edge rows. Deviation from a depthwise conv: the same result
-    (1e-7) but ``tf.nn.depthwise_conv2d`` on CPU took 81 ms for a 23-tap kernel at
-    224 px against ~6 ms for the matmuls (2 cores).
+    padding into its edge rows: the same result as a depthwise conv (within 1e-7) and
+    much faster on CPU for large kernels (docs/BENCHMARKS.md, "Measurements behind
+    design decisions").
 
     Args:
         image: float32 ``[H, W, C]`` (static ``H, W`` when ``kernel_size`` is None).

@@ -98,29 +98,30 @@ def _hue(images, delta):
                             0.0, 1.0)
 
 
-def _jitter_op(k, images, factor):
-    f = _per_example(factor)
-    if k == 0:  # brightness
-        return tf.clip_by_value(images * f, 0.0, 1.0)
-    if k == 1:  # contrast: blend with the mean gray level of each image
-        mean = tf.reduce_mean(augment.luma(images), axis=[1, 2, 3], keepdims=True)
-        return tf.clip_by_value(f * images + (1.0 - f) * mean, 0.0, 1.0)
-    if k == 2:  # saturation
-        return tf.clip_by_value(f * images + (1.0 - f) * augment.grayscale(images), 0.0, 1.0)
-    return _hue(images, factor)
-
-
 def color_jitter(images, apply, factors, order):
     """Batched :func:`tfssl.data.augment.color_jitter`: four stages, stage ``s``
-    running op ``order[b, s]`` on example ``b`` (each op computed for the batch and
-    selected per example)."""
-    x = images
-    for stage in range(4):
-        chosen = order[:, stage]
-        out = x
-        for k in range(4):
-            out = _select(tf.equal(chosen, k), _jitter_op(k, x, factors[:, k]), out)
-        x = out
+    running op ``order[b, s]`` on example ``b``.
+
+    Brightness, contrast and saturation are one per-example affine map of each stage,
+    ``clip(f·x + c·luma(x) + d)`` (brightness ``c = d = 0``; contrast ``c = 0``,
+    ``d = (1 - f)·mean luma``; saturation ``c = 1 - f``, ``d = 0``), which computes
+    the host's values exactly (the zero terms add nothing); hue runs on the batch
+    and is selected where it is the stage's op.
+    """
+    def stage(s, x):
+        chosen = order[:, s]
+        f = _per_example(tf.gather(factors, chosen, batch_dims=1))
+        gray = augment.luma(x)
+        mean = tf.reduce_mean(gray, axis=[1, 2, 3], keepdims=True)
+        zero = tf.zeros_like(f)
+        c = tf.where(_per_example(tf.equal(chosen, 2)), 1.0 - f, zero)
+        d = tf.where(_per_example(tf.equal(chosen, 1)), (1.0 - f) * mean, zero)
+        affine = tf.clip_by_value(f * x + c * gray + d, 0.0, 1.0)
+        return s + 1, _select(tf.equal(chosen, 3), _hue(x, factors[:, 3]), affine)
+
+    # A loop, not four unrolled stages: XLA would fuse the stages into one kernel
+    # that recomputes each earlier stage for every use of its output.
+    _, x = tf.while_loop(lambda s, x: s < 4, stage, (tf.constant(0), images))
     return _select(apply, x, images)
 
 

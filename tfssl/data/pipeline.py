@@ -99,9 +99,9 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         ``strategy.distribute_datasets_from_function``): the dataset then holds
         this input pipeline's slice of every global batch, in per-replica batches.
       examples_per_call: in-memory sources: examples augmented per map call
-        (the largest of this, 2 and 1 dividing the batch; 4 measured fastest of
-        1, 4, 8 at 32 px, docs/BENCHMARKS.md). Each costs about 2 s of tracing
-        when the dataset is built; the views are the same for every value.
+        (the largest of this, 2 and 1 dividing the batch; the default is the fastest
+        measured, docs/BENCHMARKS.md). Larger groups cost more tracing when the
+        dataset is built; the views are the same for every value.
       augment_on: ``"host"``: the dataset makes the views. ``"device"``: it makes
         what :func:`tfssl.data.device_augment.apply_views` needs to make them in
         the replica step (every random parameter; the images, or for sources of
@@ -166,8 +166,7 @@ def pretrain_dataset(source, specs, global_batch_size, seed=0, start_step=0,
         if keep is not None:
             ds = ds.filter(keep)
         # Several examples per map call amortise tf.data's per-call cost (function
-        # run, executor set-up and completion: ~100 us of thread time per 32 px
-        # example under the profiler, docs/BENCHMARKS.md).
+        # run, executor set-up and completion; docs/BENCHMARKS.md).
         # The group divides the batch, so groups never straddle batches, and every
         # example is still made from its own position's seed: the views are
         # bit-identical to one example per call.

@@ -6,7 +6,7 @@ concatenation, e.g. ReCo's ``strong(s) * 2 + weak(s)`` or BYOL's
 ``byol_a(s) + byol_b(s)``. Override single numbers (every probability is a flag) with
 ``dataclasses.replace(spec, blur_p=...)``, which re-runs the validation.
 
-Numbers follow ``METHODS.md`` ("Views"). Where that page leaves a number open the
+Numbers follow ``docs/METHODS.md`` ("Views"). Where that page leaves a number open the
 recipe keeps the ``ViewSpec`` default (crop scale ``(0.2, 1)`` for every recipe,
 including BYOL, whose paper uses ``(0.08, 1)``).
 """
@@ -226,11 +226,11 @@ def make_views(image: tf.Tensor, specs: Sequence[ViewSpec], seed: tf.Tensor) -> 
 
 #: Pixels decoded around the views' crop window: one MCU of 4:2:0 JPEG (16 px), so
 #: that chroma upsampling at the window's edge sees the same neighbours as a full
-#: decode (without it ~1-4% of the crop's border pixels differ, by up to 43 levels).
+#: decode (without it some of the crop's border pixels differ; docs/BENCHMARKS.md).
 JPEG_MARGIN = 16
 #: A JPEG is decoded by window when the window is below this fraction of the image
 #: (measured at 224 px, docs/BENCHMARKS.md: a window of most of the image decodes
-#: no faster than the whole image and the extra header read then costs ~5%).
+#: no faster than the whole image, and the extra header read then costs time).
 WINDOW_FRACTION = 0.6
 
 
@@ -296,7 +296,7 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
 
 
 def _blur_on(size: int) -> bool:
-    # METHODS.md: blur is off by default at <= 32 px (a 3-tap kernel on a 32 px view
+    # docs/METHODS.md: blur is off by default at <= 32 px (a 3-tap kernel on a 32 px view
     # mostly destroys the little detail there is; MoCo-v2/ReSSL CIFAR recipes omit it).
     return size > 32
 

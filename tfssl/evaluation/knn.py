@@ -7,7 +7,7 @@ For a query ``q`` and a bank of labelled features ``(b_i, y_i)``, all L2-normali
     score_c(q) = sum_{i in N_k(q)} exp(s_i / tau) * [y_i == c]
     prediction = argmax_c score_c(q)
 
-Defaults ``k = 200``, ``tau = 0.1`` (``METHODS.md``, "Evaluation protocols").
+Defaults ``k = 200``, ``tau = 0.1`` (``docs/METHODS.md``, "Evaluation protocols").
 
 Memory: queries are processed ``batch_size`` at a time and the bank
 ``bank_chunk`` rows at a time; the top-k of each bank chunk is merged with the

@@ -1,4 +1,4 @@
-"""Linear probe and semi-supervised fine-tuning (``METHODS.md``, "Evaluation protocols").
+"""Linear probe and semi-supervised fine-tuning (``docs/METHODS.md``, "Evaluation protocols").
 
 Linear probe, frozen backbone (BN in inference mode, no gradient into it)::
 

@@ -1,4 +1,4 @@
-"""ReSSL: relational self-supervised learning (Zheng et al., paper 001).
+"""ReSSL: relational self-supervised learning (Zheng et al. 2021).
 
 Student: strong view(s) -> ``f, g`` (+ predictor ``q`` unless ``--ressl_predictor=
 false``, the symmetric NeurIPS variant).  Teacher: one **weak** view -> ``f_t,

@@ -1,4 +1,4 @@
-"""SMoG: synchronous momentum grouping (Pang et al. 2022, paper 002).
+"""SMoG: synchronous momentum grouping (Pang et al. 2022).
 
 Online ``f, g`` (projector with BN on its output) + predictor ``q``; momentum
 ``f_t, g_t``; group features ``G`` ``[K, d]`` (:mod:`tfssl.methods.groups`).  For
@@ -16,7 +16,7 @@ k-means on the cache of online features of the last interval re-groups ``G`` and
 momentum networks are hard-reset to the online ones.  With ``init=kmeans`` the
 groups are k-means of the first step's features (inside the compiled step 0).
 
-Decisions (METHODS.md "SMoG" leaves them open; the README repeats them):
+Decisions the paper leaves open (docs/methods/smog.md lists them too):
 
 * ``p = q(h)`` on the *un-normalised* projection (the predictor is stacked on the
   projection head, as the paper and BYOL do); only ``z`` is normalised.

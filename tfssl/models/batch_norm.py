@@ -4,9 +4,9 @@ Keras 3 computes a training-mode BN from separate ops (``Mean``,
 ``SquaredDifference``, the normalisation's ``Mul``/``Sub``/``Add`` and about twenty
 more in the gradient). TensorFlow's ``FusedBatchNormV3`` does the forward in one
 kernel and the backward in one ``FusedBatchNormGradV3``; under oneDNN the graph
-optimiser also folds a following ReLU into it (``_FusedBatchNormEx``). On the
-ResNet-18 step measured in docs/BENCHMARKS.md that cut BN's op time by about a third
-(230 -> 159 ms per step) and the step's wall time by a few per cent.
+optimiser also folds a following ReLU into it (``_FusedBatchNormEx``), which cuts
+BN's op time in the ResNet-18 step (docs/BENCHMARKS.md, "Measurements behind design
+decisions").
 
 The layer is ``keras.layers.BatchNormalization`` in every other respect: the same
 variables (checkpoints and SavedModels are interchangeable), the same moving-statistic

@@ -60,7 +60,9 @@ class MethodCase:
         the step (XLA's stateless RNG gives other bits than the CPU kernels), checked
         for unit norm instead of equality under XLA.
       replica_test: ``None`` when ``tests/test_distributed.py`` checks one device
-        against two replicas, else the file with a stricter version of that test.
+        against two replicas, else where that is checked instead: the file with a
+        stricter version of the test, or the method whose case runs the same
+        distributed code (a composed method's terms on the other base).
       multi_worker: trained by ``tests/test_multi_worker.py`` (two processes).
       params: method params :func:`tiny_config` sets (before its overrides).
     """
@@ -85,7 +87,7 @@ METHOD_CASES = {
                        replica_test="tests/test_smog.py", multi_worker=True),
     # Mixing groups of 4 rows: two per replica at the tests' batch of 8 on two.
     "reco_moco_v2": MethodCase(default_batch_norm="shuffle",
-                               params={"group_size": 4}),
+                               params={"group_size": 4}, replica_test="reco_byol"),
     # XLA without the global term: on BYOL at this size it is ill-conditioned (the
     # weak keys in Q_w are nearly equal at initialisation and τ_tt = 0.04 makes the
     # target near one-hot): a 1e-6 relative change of the weights moves the plain
@@ -93,7 +95,7 @@ METHOD_CASES = {
     # reco_moco_v2's entry compiles the same term's code.
     "reco_byol": MethodCase(params={"group_size": 4},
                             xla={"lambda_global": 0.0}),
-    "lewel_b": MethodCase(),
+    "lewel_b": MethodCase(replica_test="lewel_m"),
     "lewel_m": MethodCase(default_batch_norm="shuffle"),
     "multinet": MethodCase(),
 }

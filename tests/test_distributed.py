@@ -23,8 +23,10 @@ def run_steps(strategy, config, batches, init_weights=None):
     return model, logs
 
 
-# Methods whose METHOD_CASES entry names a replica_test run a stricter version of
-# this test there (SMoG: symmetric roles, a reset inside the two steps, groups).
+# Methods whose METHOD_CASES entry names a replica_test are checked there: SMoG by a
+# stricter version of this test (symmetric roles, a reset inside the two steps,
+# groups); ReCo on MoCo-v2 and LEWEL_B by their terms on the other base (reco_byol,
+# lewel_m) with the base's own case (moco_v2, byol) here.
 @pytest.mark.parametrize("method", [m for m in METHODS.names()
                                     if METHOD_CASES[m].replica_test is None])
 def test_two_replicas_equal_one_device(tmp_path, method, mirrored):

@@ -202,7 +202,7 @@ class MomentumMethod(keras.Model):
         """The BN mode of ``--batch_norm=choice`` with ``replicas`` replicas.
 
         ``"auto"`` is the class's ``default_batch_norm``.  With one replica the mode
-        is always ``"local"`` (plain BN): Keras' synchronised path costs ~2x on one
+        is always ``"local"`` (plain BN): Keras' synchronised path is slower on one
         device and there is nothing to synchronise or shuffle.
 
         Returns:

@@ -6,7 +6,7 @@ ReCo is not a network of its own: ``reco_moco_v2`` is :class:`MoCoV2` and
 
     L = L_base + λ1·L_global + λ2·L_local
 
-**Global distribution relation** (paper eqs. 3-4). A third, weak view ``x_w`` goes
+**Global distribution relation** (paper eq. 3). A third, weak view ``x_w`` goes
 through the momentum network: keys ``k_w = norm(g_t(f_t(x_w)))``, kept in their own
 queue ``Q_w`` (enqueued after the step, as the strong keys are in ``Q``)::
 
@@ -14,7 +14,7 @@ queue ``Q_w`` (enqueued after the step, as the strong keys are in ``Q``)::
 
 with the online query ``q`` of the first (strong) view.
 
-**Local interpolation relation** (paper eqs. 5-7). A ratio ``r ~ Beta(α, α)`` and a
+**Local interpolation relation** (paper eqs. 4-6). A ratio ``r ~ Beta(α, α)`` and a
 permutation ``π`` of the batch; CutMix pastes a box of ``x_k[π]`` into ``x_q``
 (``r`` is then ``1 − box area / image area``), Mixup blends ``r·x_q + (1−r)·x_k[π]``.
 The mixed image's online embedding ``v_mix`` is pulled towards the same mix of the

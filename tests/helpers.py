@@ -63,6 +63,9 @@ class MethodCase:
         against two replicas, else where that is checked instead: the file with a
         stricter version of the test, or the method whose case runs the same
         distributed code (a composed method's terms on the other base).
+      xla_test: ``None`` when ``tests/test_xla.py`` compiles the method, else the
+        methods whose cases compile the same code (a composed method's terms on the
+        other base, and the base's own loss).
       multi_worker: trained by ``tests/test_multi_worker.py`` (two processes).
       params: method params :func:`tiny_config` sets (before its overrides).
     """
@@ -71,6 +74,7 @@ class MethodCase:
     xla: dict = dataclasses.field(default_factory=dict)
     random_results: tuple = ()
     replica_test: str = None
+    xla_test: str = None
     multi_worker: bool = False
     params: dict = dataclasses.field(default_factory=dict)
 
@@ -88,14 +92,15 @@ METHOD_CASES = {
     # Mixing groups of 4 rows: two per replica at the tests' batch of 8 on two.
     "reco_moco_v2": MethodCase(default_batch_norm="shuffle",
                                params={"group_size": 4}, replica_test="reco_byol"),
-    # XLA without the global term: on BYOL at this size it is ill-conditioned (the
-    # weak keys in Q_w are nearly equal at initialisation and τ_tt = 0.04 makes the
-    # target near one-hot): a 1e-6 relative change of the weights moves the plain
-    # step's momentum buffers by 0.8 after 3 steps, as much as XLA's rounding does.
-    # reco_moco_v2's entry compiles the same term's code.
+    # Not compiled in tests/test_xla.py: reco_moco_v2 compiles both terms' code (the
+    # global term on BYOL at the tests' size is ill-conditioned anyway: the weak keys
+    # in Q_w are nearly equal at initialisation and τ_tt = 0.04 makes the target near
+    # one-hot, so a 1e-6 relative change of the weights moves the plain step's momentum
+    # buffers as much as XLA's rounding does), byol the BYOL loss of the local term.
     "reco_byol": MethodCase(params={"group_size": 4},
-                            xla={"lambda_global": 0.0}),
-    "lewel_b": MethodCase(replica_test="lewel_m"),
+                            xla_test="reco_moco_v2, byol"),
+    # LEWELHead is compiled by lewel_m's case, BYOL's loss and predictors by byol's.
+    "lewel_b": MethodCase(replica_test="lewel_m", xla_test="lewel_m, byol"),
     "lewel_m": MethodCase(default_batch_norm="shuffle"),
     "multinet": MethodCase(),
 }

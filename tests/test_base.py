@@ -22,6 +22,12 @@ STRATEGY = tf.distribute.get_strategy()
 
 def test_every_registered_method_has_a_test_case():
     assert sorted(METHOD_CASES) == sorted(METHODS.names())
+    for name, case in METHOD_CASES.items():  # "covered by" names cases that run
+        covering = case.xla_test.split(", ") if case.xla_test else []
+        for other in covering:
+            assert METHOD_CASES[other].xla_test is None, (name, other)
+        if case.replica_test and not case.replica_test.startswith("tests/"):
+            assert METHOD_CASES[case.replica_test].replica_test is None, name
 
 
 # --------------------------------------------- a plug-in term (the documented example)

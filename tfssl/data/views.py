@@ -3,7 +3,7 @@ turns each example into that many views with ``make_views``.
 
 A recipe function returns ``tuple[ViewSpec, ...]`` so recipes compose by
 concatenation, e.g. ReCo's ``strong(s) * 2 + weak(s)`` or BYOL's
-``byol_a(s) + byol_b(s)``. Override single numbers (every probability is a flag) with
+``byol_a(s) + byol_b(s)``. Override single numbers (every probability is a field) with
 ``dataclasses.replace(spec, blur_p=...)``, which re-runs the validation.
 
 Numbers follow ``docs/METHODS.md`` ("Views"). Where that page leaves a number open the
@@ -297,7 +297,7 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
 
 def _blur_on(size: int) -> bool:
     # docs/METHODS.md: blur is off by default at <= 32 px (a 3-tap kernel on a 32 px view
-    # mostly destroys the little detail there is; MoCo-v2/ReSSL CIFAR recipes omit it).
+    # mostly destroys the little detail there is; ours: the ReSSL paper keeps p 0.5 there).
     return size > 32
 
 

@@ -3,7 +3,7 @@
 Shapes: ``K`` groups, ``d`` feature dimension, ``B`` samples, ``N`` cached features.
 All features and group rows are L2-normalised; similarity is the inner product.
 
-Momentum grouping (the SMoG paper, eq. 4; docs/METHODS.md "SMoG")::
+Momentum grouping (the SMoG paper, eq. 4; docs/methods/smog.md)::
 
     c_i      = argmax_k  z_t,i · g_k                     (the paper's "argmin" is a typo)
     g_k     <- norm( β·g_k + (1−β)·mean{ z_i : c_i = k } )   for groups with members

@@ -98,7 +98,7 @@ def projector(input_dim: int, hidden_dim: int, output_dim: int, *, num_layers: i
               **mlp_kwargs) -> keras.Model:
     """Projector ``g``: ``num_layers`` Dense layers, hidden ones of width ``hidden_dim``.
 
-    docs/METHODS.md sizes: MoCo-v2/ReSSL small data 2 layers; ReSSL/BYOL ImageNet
+    Sizes (docs/methods/): MoCo-v2/ReSSL small data 2 layers; ReSSL/BYOL ImageNet
     4096 -> 256; SMoG 2048 -> 128 with ``last_bn=True``; the multi-network method
     ``num_layers=3``.
 

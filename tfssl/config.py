@@ -105,7 +105,7 @@ def validate(obj, prefix=""):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = option("fashion_mnist", "Dataset name (see README: Data).")
+    dataset: str = option("fashion_mnist", "Dataset name (see docs/GUIDE.md, \"Data\").")
     data_dir: str | None = option(
         None, "Directory of the dataset files (Debian IDX files, tfds data_dir or "
         "image folder root).")

@@ -62,7 +62,7 @@ def make_strategy(name, tpu="", cpu_devices=0):
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise UserError("--strategy=multi_worker needs the TF_CONFIG environment "
-                            "variable (see README: Scaling).")
+                            "variable (see docs/GUIDE.md, \"Launching on a cluster\").")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)

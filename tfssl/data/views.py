@@ -296,8 +296,9 @@ def make_views_from_bytes(encoded: tf.Tensor, specs: Sequence[ViewSpec], seed: t
 
 
 def _blur_on(size: int) -> bool:
-    # docs/METHODS.md: blur is off by default at <= 32 px (a 3-tap kernel on a 32 px view
-    # mostly destroys the little detail there is; ours: the ReSSL paper keeps p 0.5 there).
+    # docs/METHODS.md: blur is off by default at <= 32 px, our choice (a 3-tap kernel on
+    # a 32 px view mostly destroys the little detail there is); the ReSSL paper keeps
+    # p 0.5 there.
     return size > 32
 
 
